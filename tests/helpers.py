@@ -1,0 +1,87 @@
+"""Shared test helpers: certificates, contexts and connected stream pairs."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Literal
+
+import trio
+import trio.testing
+import trustme
+
+from trio_membio import MemoryBIOStream
+
+TLSVersion = Literal["1.2", "1.3"]
+HOSTNAME = "tls.example.org"
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@lru_cache(maxsize=None)
+def ca() -> trustme.CA:
+    return trustme.CA(key_type=trustme.KeyType.ECDSA)
+
+
+@lru_cache(maxsize=None)
+def server_cert() -> trustme.LeafCert:
+    return ca().issue_cert(HOSTNAME, "127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
+
+
+def server_context(version: TLSVersion | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert().configure_cert(context)
+    if version is not None:
+        context.minimum_version = context.maximum_version = _VERSIONS[version]
+    return context
+
+
+def client_context(version: TLSVersion | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca().configure_trust(context)
+    if version is not None:
+        context.minimum_version = context.maximum_version = _VERSIONS[version]
+    return context
+
+
+StreamPair = tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]
+
+
+def tls_pair(
+    transport_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = (
+        trio.testing.memory_stream_pair
+    ),
+    *,
+    version: TLSVersion | None = None,
+    https_compatible: bool = False,
+    client_ctx: ssl.SSLContext | None = None,
+    server_ctx: ssl.SSLContext | None = None,
+) -> StreamPair:
+    """A (client, server) pair over a fresh transport pair; no handshake yet."""
+    client_transport, server_transport = transport_pair()
+    client = MemoryBIOStream(
+        client_transport,
+        client_ctx or client_context(version),
+        server_hostname=HOSTNAME,
+        https_compatible=https_compatible,
+    )
+    server = MemoryBIOStream(
+        server_transport,
+        server_ctx or server_context(version),
+        server_side=True,
+        https_compatible=https_compatible,
+    )
+    return client, server
+
+
+async def handshake_both(client: MemoryBIOStream[trio.abc.Stream], server: MemoryBIOStream[trio.abc.Stream]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+
+
+async def handshaken_pair(**kwargs: object) -> StreamPair:
+    client, server = tls_pair(**kwargs)  # type: ignore[arg-type]  # forwarded keywords
+    await handshake_both(client, server)
+    return client, server

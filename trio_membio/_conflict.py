@@ -1,0 +1,42 @@
+"""Detect two tasks calling a method that allows only one at a time."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import trio
+
+__all__ = ["ConflictDetector"]
+
+
+class ConflictDetector:
+    """A context manager that raises BusyResourceError on overlapping use.
+
+    Unlike a lock it never waits: trio's stream contract says two tasks
+    sending (or two receiving) at once is a bug in the caller, to be reported,
+    not serialised.
+    """
+
+    __slots__ = ("_in_use", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._in_use = False
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a task is inside the guarded section right now."""
+        return self._in_use
+
+    def __enter__(self) -> None:
+        if self._in_use:
+            raise trio.BusyResourceError(self._message)
+        self._in_use = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._in_use = False

@@ -1,0 +1,404 @@
+"""The sans-I/O TLS engine: an ``ssl.SSLObject`` between two memory BIOs.
+
+Theory of operation
+===================
+
+The engine never touches a socket and never awaits. Ciphertext from the peer is
+fed in with :meth:`TLSEngine.receive_data` (and the end of the transport with
+:meth:`TLSEngine.receive_eof`); ciphertext for the peer is taken out with
+:meth:`TLSEngine.data_to_send`. In between, each operation (handshake, read,
+write, close_notify, unwrap) calls the SSLObject exactly once (a read may call
+it a few times to drain every decryptable record) and reports what it needs
+next:
+
+- ``do_handshake()`` / ``unwrap()`` return True when finished, False when they
+  need more ciphertext from the peer;
+- ``read()`` returns plaintext, ``b""`` for a clean close_notify, or None when
+  it needs more ciphertext;
+- ``write()`` returns how many plaintext bytes it consumed, or None when it
+  needs more ciphertext first (a TLS 1.2 renegotiation).
+
+After any of them, ``bytes_to_send`` says whether ciphertext is waiting to go
+out. Sending it is the caller's job, and so is deciding *when*: the engine owns
+only the byte-level rules, which are:
+
+1. No application data before an explicit handshake. Letting OpenSSL run the
+   handshake implicitly inside SSL_read/SSL_write skips Python's hostname
+   check (bpo-30141), so read() and write() refuse until do_handshake() has
+   finished.
+2. A write that could not finish must be retried with the same bytes, as
+   OpenSSL requires; write() checks that it is.
+3. On any TLS error the fatal alert OpenSSL queued stays in the outgoing BIO,
+   so the caller can still send it, and the error is raised. From then on
+   every operation raises that same error: the engine stays failed.
+4. The end of the transport is never written into the incoming BIO. Instead,
+   when OpenSSL asks for more ciphertext after the transport ended, the engine
+   raises :class:`TLSTruncationError`. This detects truncation whatever the
+   context's ``OP_IGNORE_UNEXPECTED_EOF`` says, and a real close_notify is
+   still seen as a clean end because it is processed before anyone asks for
+   more bytes.
+5. TLS 1.3 session tickets (trio issue #819, openssl/openssl#7948): OpenSSL's
+   server queues NewSessionTicket messages at the very end of its handshake.
+   Sending them then can deadlock a client that only writes over a transport
+   without buffering, so the server engine holds them back and releases them
+   in front of its first write, close_notify or unwrap. They are never dropped,
+   so a client that reads can resume the session.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final, NoReturn
+
+__all__ = ["TLSEngine", "TLSTruncationError"]
+
+_TLS_1_3: Final = "TLSv1.3"
+
+
+class TLSTruncationError(ssl.SSLEOFError):
+    """The transport ended without a TLS close_notify: the data may be cut short.
+
+    A subclass of :exc:`ssl.SSLEOFError`, so code that already recognises
+    OpenSSL's "EOF occurred in violation of protocol" keeps working.
+    """
+
+
+class TLSEngine:
+    """One TLS connection as a synchronous state machine over two memory BIOs.
+
+    Args:
+        ssl_context: The context that creates the :class:`ssl.SSLObject`.
+        server_side: True for the server end of the connection.
+        server_hostname: The name to send in SNI and to check the peer's
+            certificate against (client side). Hostname checking is decided by
+            ``ssl_context.check_hostname``; the engine makes sure OpenSSL never
+            runs a handshake implicitly, which would skip it (bpo-30141).
+        session: A :class:`ssl.SSLSession` from an earlier connection to
+            resume (client side).
+    """
+
+    __slots__ = (
+        "_close_notify_received",
+        "_close_notify_sent",
+        "_failure",
+        "_handshake_complete",
+        "_held_output",
+        "_incoming",
+        "_outgoing",
+        "_pending_write",
+        "_transport_ended",
+        "ssl_object",
+    )
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object: ssl.SSLObject = ssl_context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
+        )
+        self._handshake_complete = False
+        self._failure: ssl.SSLError | None = None
+        self._transport_ended = False
+        self._close_notify_received = False
+        self._close_notify_sent = False
+        # Server-side TLS 1.3 session tickets waiting for our first write
+        # (rule 5). None once released.
+        self._held_output: bytes | None = None
+        # The bytes of a write OpenSSL asked us to retry (rule 2).
+        self._pending_write: bytes | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def handshake_complete(self) -> bool:
+        """Whether :meth:`do_handshake` has finished."""
+        return self._handshake_complete
+
+    @property
+    def failure(self) -> ssl.SSLError | None:
+        """The TLS error this engine failed with, if any (rule 3)."""
+        return self._failure
+
+    @property
+    def close_notify_received(self) -> bool:
+        """Whether the peer's close_notify has been read."""
+        return self._close_notify_received
+
+    @property
+    def close_notify_sent(self) -> bool:
+        """Whether our close_notify has been queued in the outgoing BIO."""
+        return self._close_notify_sent
+
+    @property
+    def transport_ended(self) -> bool:
+        """Whether :meth:`receive_eof` has been called."""
+        return self._transport_ended
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed ciphertext that arrived from the peer.
+
+        Raises:
+            ValueError: if ``data`` is empty (use :meth:`receive_eof`) or the
+                transport has already ended.
+        """
+        if not data:
+            raise ValueError("receive_data() needs bytes; call receive_eof() at the end of the transport")
+        if self._transport_ended:
+            raise ValueError("receive_data() after receive_eof(): the transport already ended")
+        self._incoming.write(data)
+
+    def receive_eof(self) -> None:
+        """Record that the transport ended (the peer will send nothing more)."""
+        self._transport_ended = True
+
+    @property
+    def buffered_ciphertext(self) -> int:
+        """How many received ciphertext bytes OpenSSL has not consumed yet."""
+        return self._incoming.pending
+
+    # ----------------------------------------------------------------- output
+
+    @property
+    def bytes_to_send(self) -> int:
+        """How many ciphertext bytes are waiting to be sent to the peer."""
+        return self._outgoing.pending
+
+    def data_to_send(self, max_bytes: int = -1) -> bytes:
+        """Take up to ``max_bytes`` of ciphertext for the peer (all if -1).
+
+        Bytes taken out must be sent, in order, before any taken out later.
+        """
+        return self._outgoing.read(max_bytes)
+
+    # ------------------------------------------------------------- operations
+
+    def do_handshake(self) -> bool:
+        """Run the TLS handshake as far as the buffered ciphertext allows.
+
+        Returns:
+            True once the handshake has finished (and on every call after),
+            False when more ciphertext from the peer is needed.
+
+        Raises:
+            ssl.SSLError: the handshake failed; the fatal alert, if OpenSSL
+                made one, is waiting in :meth:`data_to_send`.
+        """
+        if self._handshake_complete:
+            return True
+        self._raise_if_failed()
+        try:
+            self.ssl_object.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._transport_ended:
+                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport during the TLS handshake"))
+            return False
+        except ssl.SSLError as exc:
+            self._fail(exc)
+        self._handshake_complete = True
+        if self.ssl_object.server_side and self.ssl_object.version() == _TLS_1_3:
+            # What the final server step queued is the session tickets (rule 5).
+            self._held_output = self._outgoing.read()
+        return True
+
+    def read(self, max_bytes: int) -> bytes | None:
+        """Decrypt up to ``max_bytes`` of plaintext.
+
+        Every record that is already fully buffered is decrypted, so one call
+        can return several records' worth of data.
+
+        Returns:
+            The plaintext; ``b""`` once the peer's close_notify has been read;
+            None when no plaintext is available until more ciphertext arrives.
+
+        Raises:
+            TLSTruncationError: the transport ended without close_notify.
+            ssl.SSLError: a bad record, MAC or alert; the fatal alert we answer
+                with is waiting in :meth:`data_to_send`.
+            RuntimeError: the handshake has not been run (rule 1).
+        """
+        self._check_ready_for_data()
+        if self._close_notify_received:
+            return b""
+        ssl_object = self.ssl_object
+        try:
+            data = ssl_object.read(max_bytes)
+        except ssl.SSLWantReadError:
+            if self._transport_ended:
+                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport without a TLS close_notify; the data may be truncated"))
+            return None
+        except ssl.SSLZeroReturnError:
+            self._close_notify_received = True
+            return b""
+        except ssl.SSLError as exc:
+            self._fail(exc)
+        if not data:
+            # CPython returns b"" instead of raising SSLZeroReturnError when
+            # only the peer has sent close_notify.
+            self._close_notify_received = True
+            return b""
+        received = len(data)
+        if received >= max_bytes or not self._incoming.pending:
+            return data
+        # More whole records may be waiting: drain them into one result.
+        parts = [data]
+        while received < max_bytes and self._incoming.pending:
+            try:
+                data = ssl_object.read(max_bytes - received)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._close_notify_received = True
+                break
+            except ssl.SSLError as exc:
+                # The records before this one were authentic: hand them out now
+                # and report the error on the next call.
+                self._failure = exc
+                break
+            if not data:
+                self._close_notify_received = True
+                break
+            parts.append(data)
+            received += len(data)
+        return b"".join(parts)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int | None:
+        """Encrypt ``data`` into the outgoing BIO.
+
+        Returns:
+            How many bytes were consumed (all of them unless OpenSSL stops
+            early), or None when OpenSSL needs ciphertext from the peer first
+            (a TLS 1.2 renegotiation). After None, call write() again with the
+            same bytes once more ciphertext has been fed in.
+
+        Raises:
+            ValueError: ``data`` is empty, or differs from a write that must be
+                retried (rule 2).
+            RuntimeError: the handshake has not been run, or close_notify was
+                already sent.
+            TLSTruncationError, ssl.SSLError: as for :meth:`read`.
+        """
+        self._check_ready_for_data()
+        if not data:
+            # SSL_write of zero bytes means something else to OpenSSL.
+            raise ValueError("write() needs at least one byte")
+        if self._close_notify_sent:
+            raise RuntimeError("cannot write after close_notify was sent")
+        pending = self._pending_write
+        if pending is not None and pending != data:
+            raise ValueError("a write that needed more ciphertext must be retried with the same bytes")
+        self._release_held_output()
+        try:
+            written: int = self.ssl_object.write(data)
+        except ssl.SSLWantReadError:
+            if self._transport_ended:
+                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport in the middle of a TLS renegotiation"))
+            if pending is None:
+                self._pending_write = bytes(data)
+            return None
+        except ssl.SSLError as exc:
+            self._fail(exc)
+        self._pending_write = None
+        return written
+
+    def send_close_notify(self) -> None:
+        """Queue our close_notify without waiting for the peer's.
+
+        After this no more data can be written. On TLS 1.3 the peer may go on
+        sending, and :meth:`read` goes on returning it (a half-close).
+
+        Raises:
+            ssl.SSLError: OpenSSL refused to shut down.
+            RuntimeError: the handshake has not been run.
+        """
+        if self._close_notify_sent:
+            return
+        self._check_ready_for_data()
+        self._release_held_output()
+        try:
+            # CPython's unwrap() calls SSL_shutdown a second time straight away
+            # to look for the peer's close_notify; that is the
+            # SSLWantReadError, and it means ours is queued.
+            self.ssl_object.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            self._fail(exc)
+        else:
+            self._close_notify_received = True
+        self._close_notify_sent = True
+
+    def unwrap(self) -> bool:
+        """Run the two-way TLS shutdown as far as buffered ciphertext allows.
+
+        Returns:
+            True when both close_notify alerts have been exchanged, False when
+            the peer's is still to come.
+
+        Raises:
+            TLSTruncationError: the transport ended before the peer's
+                close_notify.
+            ssl.SSLError: the shutdown failed.
+            RuntimeError: the handshake has not been run.
+        """
+        self._check_ready_for_data()
+        self._release_held_output()
+        try:
+            self.ssl_object.unwrap()
+        except ssl.SSLWantReadError:
+            self._close_notify_sent = True
+            if self._transport_ended:
+                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport before answering our close_notify"))
+            return False
+        except ssl.SSLError as exc:
+            self._fail(exc)
+        self._close_notify_sent = True
+        self._close_notify_received = True
+        return True
+
+    def take_trailing_data(self) -> bytes:
+        """Take the received bytes that come after the TLS data (after unwrap)."""
+        return self._incoming.read()
+
+    # --------------------------------------------------------------- helpers
+
+    def _release_held_output(self) -> None:
+        held = self._held_output
+        if held is not None:
+            self._held_output = None
+            if held:
+                # The outgoing BIO is a FIFO we cannot push to the front of; it
+                # is empty here in practice, but keep any queued bytes after
+                # the tickets.
+                queued = self._outgoing.read()
+                self._outgoing.write(held)
+                if queued:
+                    self._outgoing.write(queued)
+
+    def _check_ready_for_data(self) -> None:
+        self._raise_if_failed()
+        if not self._handshake_complete:
+            raise RuntimeError(
+                "call do_handshake() until it returns True before reading or writing "
+                "application data (an implicit handshake would skip hostname checking, bpo-30141)"
+            )
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, exc: ssl.SSLError) -> NoReturn:
+        self._failure = exc
+        raise exc

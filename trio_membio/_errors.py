@@ -1,0 +1,36 @@
+"""Exceptions that are new concepts; stream semantics reuse trio's."""
+
+from __future__ import annotations
+
+import ssl
+
+import trio
+
+__all__ = ["HalfCloseNotSupportedError", "NeedHandshakeError", "describe_tls_error"]
+
+# Reused so that code written against trio.SSLStream catches the same class.
+NeedHandshakeError = trio.NeedHandshakeError
+
+
+class HalfCloseNotSupportedError(RuntimeError):
+    """send_eof() was called on a connection that negotiated TLS 1.2 or lower.
+
+    Before TLS 1.3 a close_notify ends the connection in both directions (the
+    peer must answer with its own and stop), so a TLS half-close is only
+    possible on TLS 1.3. Use ``aclose()`` instead, or require TLS 1.3 with
+    ``ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3``.
+    """
+
+
+def describe_tls_error(exc: ssl.SSLError) -> str:
+    """A one-line description of an ssl error for a BrokenResourceError message."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = getattr(exc, "reason", None)
+    if exc.args and isinstance(exc.args[-1], str):
+        text: str = exc.args[-1]
+    else:
+        text = str(exc)
+    if reason and reason not in text:
+        return f"{reason}: {text}"
+    return text

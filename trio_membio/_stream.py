@@ -1,0 +1,733 @@
+"""MemoryBIOStream: the trio adapter around the sans-I/O TLS engine.
+
+Theory of operation
+===================
+
+The engine (``_engine.py``) decides what bytes move; this module decides when,
+in which task, and what happens on cancellation. Several tasks may be inside
+one stream at once: one sending, one receiving, and aclose() from anywhere.
+They share one engine and one transport, so the rules are:
+
+1. **Lanes.** At most one task uses each direction of the transport at a time:
+   ``_sending`` guards ``transport_stream.send_all`` (and
+   ``wait_send_all_might_not_block``), ``_receiving`` guards
+   ``transport_stream.receive_some``. A lane is a flag, not a lock, so the
+   uncontended path costs no scheduler round trip; waiters park on
+   ``_changed``, an event set whenever a lane, the handshake or the stream's
+   state changes, and then look again.
+
+2. **The outgoing BIO is the send queue.** Ciphertext is only taken out of the
+   BIO by the task holding the send lane, which sends everything it finds
+   before releasing the lane. So bytes reach the wire in the order OpenSSL
+   produced them, whoever produced them, and a task that queued ciphertext
+   while another holds the send lane may go on without waiting: the holder
+   sends it. A sending task takes the lane *before* encrypting, so a send_all
+   cancelled while waiting for the lane has consumed nothing.
+
+3. **Receive counting.** A task that needs ciphertext while another task is
+   already blocked in ``transport_stream.receive_some`` does not receive too:
+   it waits, and when the count of completed receives has moved it retries
+   its TLS operation with what the other task fed in.
+
+4. **One handshake driver.** The first task that needs the handshake drives
+   it; the others wait. If the driver is cancelled while waiting for the
+   peer's bytes, nothing was lost and a waiter takes over. If it fails, the
+   failure is recorded and every waiter raises it. If it is cancelled while
+   its ciphertext was being written, an unknown part reached the peer, and
+   the stream is broken with a message that says so.
+
+5. **Breakage is per direction where TLS allows it.** A send_all cancelled
+   while writing to the transport breaks the sending direction only:
+   receive_some goes on working, dropping any ciphertext TLS would have liked
+   to send (it could never be sent). TLS errors, transport receive errors and
+   a half-written handshake break the whole stream.
+
+6. **aclose() waits for nobody.** It marks the stream closed, wakes every
+   parked task (they raise ClosedResourceError), sends close_notify only if
+   the send lane is free (bounded by a short timeout), and closes the
+   transport, which wakes any task blocked inside it.
+"""
+
+from __future__ import annotations
+
+import operator
+import ssl
+from typing import Final, Generic, NoReturn, TypeVar
+
+import trio
+
+from ._conflict import ConflictDetector
+from ._engine import TLSEngine, TLSTruncationError
+from ._errors import HalfCloseNotSupportedError, NeedHandshakeError, describe_tls_error
+
+__all__ = ["MemoryBIOStream"]
+
+#: receive_some() returns at most this much when max_bytes is None.
+DEFAULT_RECEIVE_SIZE: Final = 65536
+#: How much ciphertext one transport receive_some() asks for.
+TRANSPORT_RECEIVE_SIZE: Final = 65536
+#: send_all() encrypts at most this much plaintext before sending it, so the
+#: ciphertext held in memory stays under SEND_WINDOW whatever the payload size.
+PLAINTEXT_CHUNK: Final = 65536
+#: The most ciphertext handed to one transport send_all().
+SEND_WINDOW: Final = 262144
+#: Seconds a fatal alert or an aclose() close_notify may take to be sent.
+ALERT_TIMEOUT: Final = 1.0
+
+_TLS_1_3: Final = "TLSv1.3"
+
+TransportStream = TypeVar("TransportStream", bound=trio.abc.Stream)
+
+
+class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
+    """TLS over any trio stream, through a pair of memory BIOs.
+
+    A drop-in for :class:`trio.SSLStream`: the same constructor arguments and
+    methods, plus ``session``. The handshake runs automatically on the first
+    send or receive, or explicitly with :meth:`do_handshake`.
+
+    Args:
+        transport_stream: The stream that carries the ciphertext: a TCP
+            stream, an in-memory stream, another TLS stream.
+        ssl_context: Decides certificates, verification and versions. With
+            :func:`ssl.create_default_context` the peer's certificate and host
+            name are checked; the stream never weakens that (OpenSSL is never
+            allowed to run the handshake implicitly, which would skip the
+            host name check, bpo-30141).
+        server_hostname: The host name to send in SNI and to check the
+            server's certificate against (client side).
+        server_side: True to act as the TLS server.
+        https_compatible: Security decision. False (the default) requires the
+            peer to end with a TLS close_notify: a transport that ends without
+            one raises :exc:`trio.BrokenResourceError`, because an attacker
+            who can close TCP connections could otherwise truncate the data
+            undetected. True accepts that end as a clean ``b""`` and makes
+            aclose() skip close_notify, as HTTPS clients and servers do (HTTP
+            carries its own lengths). Only set it for such protocols.
+        session: A :class:`ssl.SSLSession` from an earlier connection to the
+            same server, to resume (client side).
+
+    Attributes:
+        transport_stream: The stream passed in.
+    """
+
+    def __init__(
+        self,
+        transport_stream: TransportStream,
+        ssl_context: ssl.SSLContext,
+        *,
+        server_hostname: str | bytes | None = None,
+        server_side: bool = False,
+        https_compatible: bool = False,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        if isinstance(server_hostname, bytes):
+            server_hostname = server_hostname.decode("ascii")
+        self.transport_stream: TransportStream = transport_stream
+        self._engine = TLSEngine(
+            ssl_context,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
+        )
+        self._https_compatible = https_compatible
+        self._closed = False
+        # (message, cause) when the whole stream is unusable.
+        self._broken: tuple[str, BaseException | None] | None = None
+        # (message, cause) when only the sending direction is unusable.
+        self._send_broken: tuple[str, BaseException | None] | None = None
+        self._eof_sent = False
+        self._sending = False
+        self._receiving = False
+        self._receive_count = 0
+        self._handshake_driven = False
+        self._changed: trio.Event | None = None
+        self._send_conflict = ConflictDetector(
+            "another task is already sending on this MemoryBIOStream "
+            "(send_all, send_eof and wait_send_all_might_not_block must not overlap)"
+        )
+        self._receive_conflict = ConflictDetector(
+            "another task is already receiving on this MemoryBIOStream"
+        )
+
+    # ------------------------------------------------------- connection info
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The :class:`ssl.SSLObject` doing the TLS work (for inspection)."""
+        return self._engine.ssl_object
+
+    @property
+    def server_side(self) -> bool:
+        """Whether this end is the TLS server."""
+        return self._engine.ssl_object.server_side
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The host name given for SNI and certificate checking, if any."""
+        return self._engine.ssl_object.server_hostname
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The :class:`ssl.SSLContext` this stream was created with."""
+        return self._engine.ssl_object.context
+
+    @property
+    def https_compatible(self) -> bool:
+        """Whether a missing close_notify is accepted (see the constructor)."""
+        return self._https_compatible
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session, to pass as ``session=`` to a later connection.
+
+        On TLS 1.3 the server sends the resumable session after the handshake,
+        so read it after the client has received some data. Setting it is
+        allowed before the handshake only.
+        """
+        return self._engine.ssl_object.session
+
+    @session.setter
+    def session(self, session: ssl.SSLSession | None) -> None:
+        self._engine.ssl_object.session = session
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        self._require_handshake("session_reused")
+        return self._engine.ssl_object.session_reused
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """The negotiated cipher as (name, protocol, secret bits)."""
+        self._require_handshake("cipher()")
+        return self._engine.ssl_object.cipher()
+
+    def version(self) -> str | None:
+        """The negotiated protocol version, such as ``"TLSv1.3"``."""
+        self._require_handshake("version()")
+        return self._engine.ssl_object.version()
+
+    def selected_alpn_protocol(self) -> str | None:
+        """The ALPN protocol both sides agreed on, or None."""
+        self._require_handshake("selected_alpn_protocol()")
+        return self._engine.ssl_object.selected_alpn_protocol()
+
+    def getpeercert(self, binary_form: bool = False) -> ssl._PeerCertRetType:
+        """The peer's certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it."""
+        self._require_handshake("getpeercert()")
+        return self._engine.ssl_object.getpeercert(binary_form)
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
+        """Channel binding data for ``cb_type`` (RFC 5929), or None."""
+        self._require_handshake("get_channel_binding()")
+        return self._engine.ssl_object.get_channel_binding(cb_type)
+
+    def _require_handshake(self, name: str) -> None:
+        if not self._engine.handshake_complete:
+            raise NeedHandshakeError(f"call do_handshake() before {name}")
+
+    # ------------------------------------------------------------- handshake
+
+    async def do_handshake(self) -> None:
+        """Run the TLS handshake now, or wait for the one already running.
+
+        You rarely need this: the first send or receive runs the handshake.
+        Call it to look at the peer's certificate or the negotiated protocol
+        before exchanging data. Several tasks may call it at once; one drives
+        the handshake and the others wait for it.
+
+        On cancellation: if this task was waiting for the peer's bytes,
+        nothing is lost; the stream stays usable and the next call (or a
+        waiting task, which takes over at once) resumes the handshake. If it
+        was cancelled while writing handshake ciphertext to the transport, the
+        stream is broken and later calls raise BrokenResourceError saying so.
+
+        Raises:
+            trio.BrokenResourceError: the handshake failed (chained from the
+                ssl error; the fatal alert has been sent to the peer, best
+                effort), the transport failed, or the stream was already
+                broken.
+            trio.ClosedResourceError: the stream was closed, before or during
+                the call.
+        """
+        self._check_usable()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._engine.handshake_complete:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._ensure_handshake()
+
+    async def _ensure_handshake(self) -> None:
+        """Make sure the handshake has finished; always yields at least once."""
+        engine = self._engine
+        yielded = False
+        while not engine.handshake_complete:
+            self._check_usable()
+            if self._handshake_driven:
+                await self._wait_for_change()
+                yielded = True
+                continue
+            self._handshake_driven = True
+            try:
+                yielded = await self._drive_handshake() or yielded
+            finally:
+                self._handshake_driven = False
+                self._notify_change()
+        if not yielded:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _drive_handshake(self) -> bool:
+        engine = self._engine
+        yielded = False
+        while True:
+            try:
+                finished = engine.do_handshake()
+            except ssl.SSLError as exc:
+                await self._fail(exc, "TLS handshake failed")
+            if engine.bytes_to_send:
+                await self._send_queued(during_handshake=True)
+                yielded = True
+            if finished:
+                return yielded
+            await self._receive_ciphertext()
+            yielded = True
+
+    # --------------------------------------------------------------- receive
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Return the next plaintext from the peer: up to ``max_bytes`` bytes.
+
+        Everything already decryptable is returned at once (several records,
+        not one), up to ``max_bytes`` (default 64 KiB). Returns ``b""`` once
+        the peer has sent close_notify (or, with ``https_compatible=True``,
+        once the transport ends). Runs the handshake first if needed.
+
+        On cancellation no plaintext or ciphertext is lost: the stream stays
+        usable, except when the cancelled call was writing TLS output the
+        protocol needed (the sending direction is then broken).
+
+        Raises:
+            trio.BrokenResourceError: the peer sent bad or truncated data (the
+                message says which, chained from the ssl error), the
+                handshake failed, or the transport failed.
+            trio.ClosedResourceError: the stream was closed, before or during
+                the call.
+            trio.BusyResourceError: another task is already receiving.
+            ValueError: ``max_bytes`` is less than 1.
+        """
+        with self._receive_conflict:
+            self._check_usable()
+            if max_bytes is None:
+                max_bytes = DEFAULT_RECEIVE_SIZE
+            else:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be at least 1")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            engine = self._engine
+            yielded = False
+            if not engine.handshake_complete:
+                try:
+                    await self._ensure_handshake()
+                except trio.BrokenResourceError as exc:
+                    if self._https_compatible and isinstance(exc.__cause__, TLSTruncationError):
+                        # trio.SSLStream's policy: in HTTPS mode an EOF during
+                        # the handshake is just an EOF.
+                        await trio.lowlevel.checkpoint()
+                        return b""
+                    raise
+                yielded = True
+            while True:
+                try:
+                    data = engine.read(max_bytes)
+                except TLSTruncationError as exc:
+                    if self._https_compatible:
+                        if not yielded:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        return b""
+                    await self._fail(exc, _TRUNCATED)
+                except ssl.SSLError as exc:
+                    await self._fail(exc, "TLS error while receiving")
+                if engine.bytes_to_send:
+                    yielded = await self._send_queued_if_free() or yielded
+                if data is not None:
+                    if not yielded:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return data
+                await self._receive_ciphertext()
+                yielded = True
+
+    async def _receive_ciphertext(self) -> None:
+        """Feed the engine one transport receive_some (ours or another task's)."""
+        count = self._receive_count
+        while self._receiving:
+            await self._wait_for_change()
+            if self._receive_count != count:
+                return
+        self._receiving = True
+        try:
+            try:
+                data = await self.transport_stream.receive_some(TRANSPORT_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._raise_transport_error(exc, "receiving")
+            if data:
+                self._engine.receive_data(data)
+            else:
+                self._engine.receive_eof()
+            self._receive_count += 1
+        finally:
+            self._receiving = False
+            self._notify_change()
+
+    # ------------------------------------------------------------------ send
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` and send it to the peer.
+
+        Runs the handshake first if needed. Large payloads are encrypted and
+        sent a window at a time, so memory use does not grow with
+        ``len(data)``.
+
+        On cancellation: if the call was still waiting for its turn on the
+        transport nothing was sent and the stream is intact. If it was
+        cancelled while writing to the transport, an unknown part of the data
+        was sent, so the sending direction is broken (later sends raise
+        BrokenResourceError); receiving keeps working.
+
+        Raises:
+            trio.BrokenResourceError: the sending direction or the whole
+                stream is broken, the handshake failed, or the transport
+                failed.
+            trio.ClosedResourceError: the stream was closed (or send_eof()
+                was called), before or during the call.
+            trio.BusyResourceError: another task is already sending.
+        """
+        with self._send_conflict:
+            self._check_can_send()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            engine = self._engine
+            if not engine.handshake_complete:
+                await self._ensure_handshake()
+                self._check_can_send()
+                if not data:
+                    return
+            elif not data:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            view = memoryview(data)
+            if view.itemsize != 1 or not view.c_contiguous:
+                view = view.cast("B")
+            await self._acquire_send_lane()
+            try:
+                while view:
+                    chunk = view[:PLAINTEXT_CHUNK]
+                    try:
+                        written = engine.write(chunk)
+                    except ssl.SSLError as exc:
+                        await self._fail(exc, "TLS error while sending", lane_held=True)
+                    if written is None:
+                        # A TLS 1.2 renegotiation: the peer must answer first.
+                        await self._send_queued_holding_lane()
+                        self._release_send_lane()
+                        await self._receive_ciphertext()
+                        await self._acquire_send_lane()
+                        continue
+                    view = view[written:]
+                    await self._send_queued_holding_lane()
+            finally:
+                self._release_send_lane()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the transport can probably take more data.
+
+        See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`.
+        Cancelling it loses nothing.
+
+        Raises:
+            trio.BrokenResourceError: the sending direction is broken.
+            trio.ClosedResourceError: the stream was closed.
+            trio.BusyResourceError: another task is sending.
+        """
+        with self._send_conflict:
+            self._check_can_send()
+            await self._acquire_send_lane()
+            try:
+                try:
+                    await self.transport_stream.wait_send_all_might_not_block()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._raise_transport_error(exc, "waiting to send")
+                await self._send_queued_holding_lane()
+            finally:
+                self._release_send_lane()
+
+    async def send_eof(self) -> None:
+        """Send close_notify and keep receiving (a TLS 1.3 half-close).
+
+        The peer's receive_some() returns ``b""`` and the peer can go on
+        sending to us. Afterwards send_all() raises ClosedResourceError;
+        calling send_eof() again does nothing.
+
+        On cancellation: before the close_notify was queued nothing changed;
+        while it was being written the sending direction is broken.
+
+        Raises:
+            HalfCloseNotSupportedError: the connection negotiated TLS 1.2 or
+                lower, where close_notify ends both directions.
+            trio.BrokenResourceError: the sending direction or the stream is
+                broken, or the handshake failed.
+            trio.ClosedResourceError: the stream was closed.
+            trio.BusyResourceError: another task is sending.
+        """
+        with self._send_conflict:
+            self._check_usable()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._eof_sent:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            engine = self._engine
+            if not engine.handshake_complete:
+                await self._ensure_handshake()
+            version = engine.ssl_object.version()
+            if version != _TLS_1_3:
+                raise HalfCloseNotSupportedError(
+                    f"send_eof() needs TLS 1.3 but this connection negotiated {version}; "
+                    "before TLS 1.3 close_notify ends both directions, so use aclose()"
+                )
+            self._check_can_send()
+            await self._acquire_send_lane()
+            try:
+                try:
+                    engine.send_close_notify()
+                except ssl.SSLError as exc:
+                    await self._fail(exc, "TLS error while sending close_notify", lane_held=True)
+                self._eof_sent = True
+                await self._send_queued_holding_lane()
+            finally:
+                self._release_send_lane()
+
+    async def _acquire_send_lane(self) -> None:
+        while self._sending:
+            await self._wait_for_change()
+            self._check_can_send()
+        self._sending = True
+
+    def _release_send_lane(self) -> None:
+        self._sending = False
+        self._notify_change()
+
+    async def _send_queued(self, *, during_handshake: bool = False) -> None:
+        """Send the engine's queued ciphertext, waiting for the send lane."""
+        self._check_can_send()
+        await self._acquire_send_lane()
+        try:
+            await self._send_queued_holding_lane(during_handshake=during_handshake)
+        finally:
+            self._release_send_lane()
+
+    async def _send_queued_if_free(self) -> bool:
+        """Send queued ciphertext unless another task holds the send lane.
+
+        The holder sends it (rule 2). Returns whether this task awaited.
+        """
+        if self._send_broken is not None:
+            # It can never be sent; it was not needed to receive (rule 5).
+            self._engine.data_to_send()
+            return False
+        if self._sending:
+            return False
+        self._sending = True
+        try:
+            await self._send_queued_holding_lane()
+        finally:
+            self._release_send_lane()
+        return True
+
+    async def _send_queued_holding_lane(self, *, during_handshake: bool = False) -> None:
+        engine = self._engine
+        transport = self.transport_stream
+        try:
+            while engine.bytes_to_send:
+                await transport.send_all(engine.data_to_send(SEND_WINDOW))
+        except trio.Cancelled:
+            if during_handshake:
+                self._broken = (_HANDSHAKE_HALF_WRITTEN, None)
+            else:
+                self._send_broken = (_SEND_HALF_WRITTEN, None)
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if not self._closed:
+                self._send_broken = ("the transport failed while sending", exc)
+            self._raise_transport_error(exc, "sending")
+
+    # ----------------------------------------------------------------- close
+
+    async def aclose(self) -> None:
+        """Close the stream and its transport, without waiting for anyone.
+
+        If no other task is sending and the handshake has finished, sends
+        close_notify once (waiting at most a second for the transport to take
+        it; never waiting for the peer's reply), then closes the transport.
+        Otherwise closes the transport at once. Tasks blocked in this
+        stream's methods wake up with ClosedResourceError. Calling aclose()
+        again does nothing. With ``https_compatible=True`` no close_notify is
+        sent. For a two-way TLS shutdown, use :meth:`unwrap`.
+
+        On cancellation the transport is still closed (forcefully) and
+        Cancelled is raised.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._notify_change()
+        engine = self._engine
+        try:
+            if (
+                not self._https_compatible
+                and self._broken is None
+                and self._send_broken is None
+                and engine.failure is None
+                and engine.handshake_complete
+                and not engine.close_notify_sent
+                and not self._sending
+            ):
+                self._sending = True
+                try:
+                    engine.send_close_notify()
+                    with trio.move_on_after(ALERT_TIMEOUT):
+                        await self.transport_stream.send_all(engine.data_to_send())
+                except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The peer may already be gone; close_notify is a courtesy.
+                    pass
+                finally:
+                    self._sending = False
+        finally:
+            await self.transport_stream.aclose()
+
+    async def unwrap(self) -> tuple[TransportStream, bytes]:
+        """Shut down TLS both ways and hand back the transport.
+
+        Sends close_notify and waits for the peer's. Afterwards this stream
+        is closed and the transport is yours again, unencrypted.
+
+        Returns:
+            ``(transport_stream, trailing_bytes)``: the bytes that arrived
+            after the peer's close_notify; treat them as if they had come from
+            ``transport_stream.receive_some()``.
+
+        On cancellation: while waiting for the peer's close_notify, nothing is
+        lost and unwrap() may be called again; while writing, the sending
+        direction is broken.
+
+        Raises:
+            trio.BrokenResourceError: the peer closed the transport before its
+                close_notify, or a TLS or transport error.
+            trio.ClosedResourceError: the stream was closed.
+            trio.BusyResourceError: another task is sending or receiving.
+        """
+        with self._receive_conflict, self._send_conflict:
+            self._check_usable()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            engine = self._engine
+            if not engine.handshake_complete:
+                await self._ensure_handshake()
+            while True:
+                if not engine.close_notify_sent:
+                    self._check_can_send()
+                try:
+                    finished = engine.unwrap()
+                except TLSTruncationError as exc:
+                    await self._fail(exc, _TRUNCATED)
+                except ssl.SSLError as exc:
+                    await self._fail(exc, "TLS error during unwrap()")
+                if engine.bytes_to_send:
+                    await self._send_queued()
+                if finished:
+                    break
+                await self._receive_ciphertext()
+            self._closed = True
+            self._notify_change()
+            return self.transport_stream, engine.take_trailing_data()
+
+    # --------------------------------------------------------------- helpers
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this MemoryBIOStream was closed")
+        broken = self._broken
+        if broken is not None:
+            raise trio.BrokenResourceError(broken[0]) from broken[1]
+
+    def _check_can_send(self) -> None:
+        self._check_usable()
+        if self._eof_sent:
+            raise trio.ClosedResourceError("send_eof() was called: this stream can no longer send")
+        broken = self._send_broken
+        if broken is not None:
+            raise trio.BrokenResourceError(broken[0]) from broken[1]
+
+    async def _wait_for_change(self) -> None:
+        event = self._changed
+        if event is None:
+            event = self._changed = trio.Event()
+        await event.wait()
+        if self._closed:
+            raise trio.ClosedResourceError("this MemoryBIOStream was closed while this task waited")
+
+    def _notify_change(self) -> None:
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
+
+    def _raise_transport_error(self, exc: BaseException, doing: str) -> NoReturn:
+        if self._closed:
+            raise trio.ClosedResourceError("this MemoryBIOStream was closed") from None
+        message = f"the transport failed while {doing}: {exc!r}"
+        if doing != "sending" and self._broken is None:
+            self._broken = (message, exc)
+        raise trio.BrokenResourceError(message) from exc
+
+    async def _fail(self, exc: ssl.SSLError, what: str, *, lane_held: bool = False) -> NoReturn:
+        """Record a TLS failure, send the fatal alert (best effort), raise."""
+        if isinstance(exc, TLSTruncationError):
+            message = what
+        else:
+            message = f"{what}: {describe_tls_error(exc)}"
+        if self._broken is None:
+            self._broken = (message, exc)
+        engine = self._engine
+        if (
+            engine.bytes_to_send
+            and not self._closed
+            and self._send_broken is None
+            and (lane_held or not self._sending)
+        ):
+            # The alert tells the peer why, instead of leaving it hanging.
+            # Bounded and shielded: it is sent even if we are being cancelled.
+            self._sending = True
+            try:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + ALERT_TIMEOUT):
+                    await self.transport_stream.send_all(engine.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                if not lane_held:
+                    self._release_send_lane()
+        raise trio.BrokenResourceError(message) from exc
+
+
+_TRUNCATED: Final = (
+    "TLS stream truncated: the peer closed the transport without sending close_notify "
+    "(pass https_compatible=True if the protocol on top detects truncation itself)"
+)
+_HANDSHAKE_HALF_WRITTEN: Final = (
+    "the TLS handshake was cancelled while its ciphertext was being written to the "
+    "transport; an unknown part of it reached the peer, so this connection cannot "
+    "continue: open a new one"
+)
+_SEND_HALF_WRITTEN: Final = (
+    "an earlier send on this stream was cancelled while writing ciphertext to the "
+    "transport; an unknown part of it reached the peer, so nothing more can be sent "
+    "(receiving still works)"
+)
