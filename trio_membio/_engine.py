@@ -155,7 +155,9 @@ class TLSEngine:
                 transport has already ended.
         """
         if not data:
-            raise ValueError("receive_data() needs bytes; call receive_eof() at the end of the transport")
+            raise ValueError(
+                "receive_data() needs bytes; call receive_eof() at the end of the transport"
+            )
         if self._transport_ended:
             raise ValueError("receive_data() after receive_eof(): the transport already ended")
         self._incoming.write(data)
@@ -203,7 +205,7 @@ class TLSEngine:
             self.ssl_object.do_handshake()
         except ssl.SSLWantReadError:
             if self._transport_ended:
-                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport during the TLS handshake"))
+                self._fail_truncated("the peer closed the transport during the TLS handshake")
             return False
         except ssl.SSLError as exc:
             self._fail(exc)
@@ -237,7 +239,10 @@ class TLSEngine:
             data = ssl_object.read(max_bytes)
         except ssl.SSLWantReadError:
             if self._transport_ended:
-                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport without a TLS close_notify; the data may be truncated"))
+                self._fail_truncated(
+                    "the peer closed the transport without a TLS close_notify; "
+                    "the data may be truncated"
+                )
             return None
         except ssl.SSLZeroReturnError:
             self._close_notify_received = True
@@ -298,13 +303,17 @@ class TLSEngine:
             raise RuntimeError("cannot write after close_notify was sent")
         pending = self._pending_write
         if pending is not None and pending != data:
-            raise ValueError("a write that needed more ciphertext must be retried with the same bytes")
+            raise ValueError(
+                "a write that needed more ciphertext must be retried with the same bytes"
+            )
         self._release_held_output()
         try:
             written: int = self.ssl_object.write(data)
         except ssl.SSLWantReadError:
             if self._transport_ended:
-                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport in the middle of a TLS renegotiation"))
+                self._fail_truncated(
+                    "the peer closed the transport in the middle of a TLS renegotiation"
+                )
             if pending is None:
                 self._pending_write = bytes(data)
             return None
@@ -360,7 +369,9 @@ class TLSEngine:
         except ssl.SSLWantReadError:
             self._close_notify_sent = True
             if self._transport_ended:
-                self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, "the peer closed the transport before answering our close_notify"))
+                self._fail_truncated(
+                    "the peer closed the transport before answering our close_notify"
+                )
             return False
         except ssl.SSLError as exc:
             self._fail(exc)
@@ -398,6 +409,9 @@ class TLSEngine:
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise self._failure
+
+    def _fail_truncated(self, when: str) -> NoReturn:
+        self._fail(TLSTruncationError(ssl.SSL_ERROR_EOF, when))
 
     def _fail(self, exc: ssl.SSLError) -> NoReturn:
         self._failure = exc

@@ -65,7 +65,7 @@ __all__ = ["MemoryBIOStream"]
 #: receive_some() returns at most this much when max_bytes is None.
 DEFAULT_RECEIVE_SIZE: Final = 65536
 #: How much ciphertext one transport receive_some() asks for.
-TRANSPORT_RECEIVE_SIZE: Final = 65536
+TRANSPORT_RECEIVE_SIZE: Final = 262144
 #: send_all() encrypts at most this much plaintext before sending it, so the
 #: ciphertext held in memory stays under SEND_WINDOW whatever the payload size.
 PLAINTEXT_CHUNK: Final = 65536
@@ -690,10 +690,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     async def _fail(self, exc: ssl.SSLError, what: str, *, lane_held: bool = False) -> NoReturn:
         """Record a TLS failure, send the fatal alert (best effort), raise."""
-        if isinstance(exc, TLSTruncationError):
-            message = what
-        else:
-            message = f"{what}: {describe_tls_error(exc)}"
+        message = f"{what}: {describe_tls_error(exc)}"
         if self._broken is None:
             self._broken = (message, exc)
         engine = self._engine
@@ -718,8 +715,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
 
 _TRUNCATED: Final = (
-    "TLS stream truncated: the peer closed the transport without sending close_notify "
-    "(pass https_compatible=True if the protocol on top detects truncation itself)"
+    "TLS stream truncated (pass https_compatible=True only if the protocol on top "
+    "detects truncation itself)"
 )
 _HANDSHAKE_HALF_WRITTEN: Final = (
     "the TLS handshake was cancelled while its ciphertext was being written to the "

@@ -1,0 +1,453 @@
+"""The behaviour contract (DESIGN.md section 3): one test per promise.
+
+Where trio.SSLStream behaves differently, the docstring says how; these tests
+fail on a MemoryBIOStream that behaved like it.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tracemalloc
+
+import pytest
+import trio
+import trio.testing
+
+from trio_membio import HalfCloseNotSupportedError, MemoryBIOStream, TLSTruncationError
+from trio_membio._stream import SEND_WINDOW
+
+from .helpers import (
+    HOSTNAME,
+    client_context,
+    handshake_both,
+    handshaken_pair,
+    server_context,
+    tls_pair,
+)
+from .transports import HalfWritingStream, RecordingStream
+
+AnyStream = MemoryBIOStream[trio.abc.Stream]
+
+
+def untrusting_client_context() -> ssl.SSLContext:
+    """A client context that does not trust the test CA."""
+    return ssl.create_default_context(cadata=_other_ca_pem())
+
+
+def _other_ca_pem() -> str:
+    import trustme
+
+    return trustme.CA().cert_pem.bytes().decode()
+
+
+# ------------------------------------------------------------------ 1. waiters
+
+
+async def test_handshake_failure_reaches_every_waiter(autojump_clock: trio.abc.Clock) -> None:
+    """trio.SSLStream: the non-driving waiters hang forever."""
+    client, server = tls_pair(client_ctx=untrusting_client_context())
+    errors: list[BaseException] = []
+
+    async def expect_broken(operation: str) -> None:
+        with pytest.raises(trio.BrokenResourceError) as info:
+            if operation == "handshake":
+                await client.do_handshake()
+            elif operation == "send":
+                await client.send_all(b"x")
+            else:
+                await client.receive_some()
+        errors.append(info.value)
+
+    async def server_side() -> None:
+        with pytest.raises(trio.BrokenResourceError):
+            await server.do_handshake()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for operation in ("handshake", "send", "receive"):
+                nursery.start_soon(expect_broken, operation)
+            nursery.start_soon(server_side)
+    assert len(errors) == 3
+    causes = {id(error.__cause__) for error in errors}
+    assert len(causes) == 1, "every waiter must see the same ssl error"
+    assert isinstance(errors[0].__cause__, ssl.SSLCertVerificationError)
+    assert len({str(error) for error in errors}) == 1
+    assert "certificate verify failed" in str(errors[0])
+
+
+async def test_cancelled_driver_hands_handshake_to_a_waiter(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """trio.SSLStream: the waiter hangs forever once the driver is cancelled."""
+    client, server = tls_pair()
+    driver_scope = trio.CancelScope()
+    outcome: list[str] = []
+
+    async def driver() -> None:
+        with driver_scope:
+            await client.do_handshake()
+        outcome.append("driver cancelled" if driver_scope.cancelled_caught else "driver done")
+
+    async def waiter() -> None:
+        await client.do_handshake()
+        outcome.append("waiter done")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            driver_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            # Only now does the server answer: the waiter must pick up.
+            nursery.start_soon(server.do_handshake)
+    assert outcome == ["driver cancelled", "waiter done"]
+    await _check_data_flows(client, server)
+
+
+# --------------------------------------------------------- 2. cancelled handshake
+
+
+async def test_handshake_cancelled_waiting_for_peer_resumes(autojump_clock: trio.abc.Clock) -> None:
+    """trio.SSLStream: the stream is broken after this cancellation."""
+    client, server = tls_pair()
+    with trio.move_on_after(1) as scope:
+        await client.do_handshake()  # the server is not running yet
+    assert scope.cancelled_caught
+    await handshake_both(client, server)
+    assert client.version() == server.version()
+    await _check_data_flows(client, server)
+
+
+async def test_handshake_cancelled_while_half_written_breaks_with_reason(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    half_writing = HalfWritingStream(client_transport)
+    client = MemoryBIOStream(half_writing, client_context(), server_hostname=HOSTNAME)
+    with trio.move_on_after(1) as scope:
+        await client.do_handshake()
+    assert scope.cancelled_caught
+    assert half_writing.half_written
+    for operation in (client.do_handshake(), client.send_all(b"x"), client.receive_some()):
+        with pytest.raises(trio.BrokenResourceError, match="cancelled while its ciphertext"):
+            await operation
+    await client.aclose()
+    await server_transport.aclose()
+
+
+# ------------------------------------------------------------ 3. send direction
+
+
+async def test_cancelled_send_breaks_only_the_sending_direction(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """trio.SSLStream: the whole stream is broken (trio issue #198)."""
+    client, server = tls_pair(trio.testing.lockstep_stream_pair)
+    await handshake_both(client, server)
+    with trio.move_on_after(1) as scope:
+        await client.send_all(b"x" * 100_000)  # the server is not reading
+    assert scope.cancelled_caught
+    with pytest.raises(trio.BrokenResourceError, match="earlier send on this stream was cancelled"):
+        await client.send_all(b"more")
+    # Receiving still works on the client.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.send_all, b"still here")
+        assert await client.receive_some() == b"still here"
+    await client.aclose()
+    await server.aclose()
+
+
+# ------------------------------------------------------------------- 4. aclose
+
+
+async def test_aclose_does_not_wait_for_a_handshaking_task(autojump_clock: trio.abc.Clock) -> None:
+    """trio.SSLStream: aclose waits for the handshake, possibly forever."""
+    client, server = tls_pair()
+    woke_with: list[type[BaseException]] = []
+
+    async def handshake() -> None:
+        try:
+            await client.do_handshake()
+        except trio.ClosedResourceError as exc:
+            woke_with.append(type(exc))
+
+    async def waiting_receiver() -> None:
+        try:
+            await client.receive_some()
+        except trio.ClosedResourceError as exc:
+            woke_with.append(type(exc))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handshake)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiting_receiver)
+        await trio.testing.wait_all_tasks_blocked()
+        before = trio.current_time()
+        await client.aclose()
+        assert trio.current_time() == before, "aclose() waited"
+    assert woke_with == [trio.ClosedResourceError, trio.ClosedResourceError]
+    await server.aclose()
+
+
+async def test_aclose_does_not_wait_for_a_blocked_sender(autojump_clock: trio.abc.Clock) -> None:
+    """trio.SSLStream: aclose queues behind the blocked send_all forever."""
+    client, server = tls_pair(trio.testing.lockstep_stream_pair)
+    await handshake_both(client, server)
+    async with trio.open_nursery() as nursery:
+
+        async def blocked_sender() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await client.send_all(b"x" * 100_000)
+
+        nursery.start_soon(blocked_sender)
+        await trio.testing.wait_all_tasks_blocked()
+        before = trio.current_time()
+        await client.aclose()
+        assert trio.current_time() == before
+    await server.aclose()
+
+
+async def test_aclose_sends_close_notify_once_without_waiting_for_reply(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = await handshaken_pair()
+    transport = client.transport_stream
+    before = trio.current_time()
+    await client.aclose()
+    await client.aclose()  # idempotent
+    assert trio.current_time() == before
+    assert await server.receive_some() == b""  # a clean close_notify
+    with pytest.raises(trio.ClosedResourceError):
+        await client.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):
+        await client.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await transport.send_all(b"x")  # the transport is closed too
+    await server.aclose()
+
+
+async def test_aclose_bounded_when_the_transport_never_takes_close_notify(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = tls_pair(trio.testing.lockstep_stream_pair)
+    await handshake_both(client, server)
+    before = trio.current_time()
+    await client.aclose()  # the server never reads, so close_notify cannot go out
+    assert trio.current_time() - before <= 1.0
+    await server.aclose()
+
+
+async def test_cancelled_aclose_still_closes_the_transport() -> None:
+    client, server = await handshaken_pair()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await client.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await client.transport_stream.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):
+        await client.receive_some()
+    await server.aclose()
+
+
+# ------------------------------------------------------------------- 5. alerts
+
+
+async def test_local_failure_sends_the_fatal_alert_first() -> None:
+    """trio.SSLStream drops the alert; the peer learns nothing until EOF."""
+    client, server = tls_pair(client_ctx=untrusting_client_context())
+    async with trio.open_nursery() as nursery:
+
+        async def client_side() -> None:
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await client.do_handshake()
+            assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+
+        async def server_side() -> None:
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await server.do_handshake()
+            # The server saw the client's alert, not an EOF: the client has
+            # not closed its transport.
+            assert isinstance(info.value.__cause__, ssl.SSLError)
+            assert not isinstance(info.value.__cause__, ssl.SSLEOFError)
+            assert "unknown ca" in str(info.value.__cause__).lower()
+
+        nursery.start_soon(client_side)
+        nursery.start_soon(server_side)
+    await client.aclose()
+    await server.aclose()
+
+
+# ---------------------------------------------------------------- 6. half-close
+
+
+async def test_send_eof_tls13_keeps_receiving() -> None:
+    client, server = await handshaken_pair(version="1.3")
+    await client.send_all(b"request")
+    await client.send_eof()
+    assert await server.receive_some() == b"request"
+    assert await server.receive_some() == b""
+    await server.send_all(b"response")
+    assert await client.receive_some() == b"response"
+    with pytest.raises(trio.ClosedResourceError):
+        await client.send_all(b"late")
+    await client.send_eof()  # again: nothing happens
+    await server.aclose()
+    assert await client.receive_some() == b""
+    await client.aclose()
+
+
+async def test_send_eof_tls12_names_the_version() -> None:
+    client, server = await handshaken_pair(version="1.2")
+    with pytest.raises(HalfCloseNotSupportedError, match=r"TLSv1\.2"):
+        await client.send_eof()
+    # Nothing was sent: the stream still works.
+    await _check_data_flows(client, server)
+
+
+# ------------------------------------------------------- 7. all decrypted data
+
+
+async def test_receive_some_returns_every_buffered_record() -> None:
+    """trio.SSLStream returns one record (at most 16 KiB) per call."""
+    client, server = await handshaken_pair()
+    for _ in range(4):
+        await client.send_all(b"r" * 16384)  # four full records
+    data = await server.receive_some()
+    assert len(data) == 65536
+    await client.send_all(b"s" * 40000)
+    assert await server.receive_some(1000) == b"s" * 1000  # max_bytes still rules
+    assert len(await server.receive_some()) == 39000
+
+
+# ---------------------------------------------------------- 8. bounded send_all
+
+
+async def test_send_all_memory_is_bounded(autojump_clock: trio.abc.Clock) -> None:
+    client_transport, server_transport = trio.testing.lockstep_stream_pair()
+    recording = RecordingStream(client_transport)
+    client = MemoryBIOStream(recording, client_context(), server_hostname=HOSTNAME)
+    server = MemoryBIOStream(server_transport, server_context(), server_side=True)
+    await handshake_both(client, server)
+    payload = bytes(16 * 1024 * 1024)
+    received = 0
+
+    async def drain() -> None:
+        nonlocal received
+        while received < len(payload):
+            received += len(await server.receive_some())
+
+    tracemalloc.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            tracemalloc.reset_peak()
+            baseline = tracemalloc.get_traced_memory()[0]
+            await client.send_all(payload)
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    assert received == len(payload)
+    assert recording.largest_send <= SEND_WINDOW
+    # Both ends' transient buffers included, far below the 16 MiB payload.
+    assert peak < 1024 * 1024, f"peak extra memory {peak} bytes"
+
+
+# ------------------------------------------------------------ 9. ragged EOF
+
+
+@pytest.mark.parametrize("https_compatible", [False, True])
+async def test_transport_eof_without_close_notify(https_compatible: bool) -> None:
+    client, server = await handshaken_pair(https_compatible=https_compatible)
+    await server.send_all(b"partial")
+    await server.transport_stream.aclose()  # no close_notify
+    assert await client.receive_some() == b"partial"
+    if https_compatible:
+        assert await client.receive_some() == b""
+        assert await client.receive_some() == b""
+    else:
+        with pytest.raises(trio.BrokenResourceError, match="truncated") as info:
+            await client.receive_some()
+        assert isinstance(info.value.__cause__, TLSTruncationError)
+    await client.aclose()
+
+
+@pytest.mark.parametrize("https_compatible", [False, True])
+async def test_transport_eof_during_handshake(https_compatible: bool) -> None:
+    client, server = tls_pair(https_compatible=https_compatible)
+    await client.transport_stream.aclose()  # before sending a ClientHello
+    if https_compatible:
+        assert await server.receive_some() == b""  # trio.SSLStream's policy
+    else:
+        with pytest.raises(trio.BrokenResourceError, match="during the TLS handshake") as info:
+            await server.receive_some()
+        assert isinstance(info.value.__cause__, TLSTruncationError)
+    with pytest.raises(trio.BrokenResourceError):
+        await server.do_handshake()
+    await server.aclose()
+
+
+# --------------------------------------------------------- 10. corrupt input
+
+
+@pytest.mark.parametrize("offset", [0, 5, 30, 100])
+async def test_corrupted_record_raises_and_alerts(
+    offset: int, autojump_clock: trio.abc.Clock
+) -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    recording = RecordingStream(client_transport)
+    client = MemoryBIOStream(recording, client_context(), server_hostname=HOSTNAME)
+    server = MemoryBIOStream(server_transport, server_context(), server_side=True)
+    await handshake_both(client, server)
+    recording.corrupt_at = recording.bytes_sent + offset
+    payload = bytes(range(256)) * 4
+    await client.send_all(payload)
+    received = b""
+    with pytest.raises(trio.BrokenResourceError) as info:
+        while True:
+            received += await server.receive_some()
+    assert isinstance(info.value.__cause__, ssl.SSLError)
+    assert payload.startswith(received), "altered plaintext was returned"
+    # The client is told: the server's alert arrives (the server has not
+    # closed its transport, so without the alert this would hang).
+    with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as client_info:
+        await client.receive_some()
+    cause = client_info.value.__cause__
+    assert isinstance(cause, ssl.SSLError)
+    assert not isinstance(cause, ssl.SSLEOFError)
+    await client.aclose()
+    await server.aclose()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def test_two_senders_conflict_but_send_and_receive_do_not() -> None:
+    client, server = await handshaken_pair(transport_pair=trio.testing.lockstep_stream_pair)
+    with pytest.RaisesGroup(trio.BusyResourceError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, b"a")
+            nursery.start_soon(client.send_all, b"b")
+    client, server = await handshaken_pair()
+
+    async def ping_pong(stream: AnyStream, name: bytes) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, name * 50_000)
+            got = b""
+            while len(got) < 50_000:
+                got += await stream.receive_some()
+        assert set(got) == {(b"c" if name == b"s" else b"s")[0]}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ping_pong, client, b"c")
+        nursery.start_soon(ping_pong, server, b"s")
+
+
+async def _check_data_flows(client: AnyStream, server: AnyStream) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"ping")
+        assert await server.receive_some() == b"ping"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.send_all, b"pong")
+        assert await client.receive_some() == b"pong"

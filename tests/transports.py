@@ -1,0 +1,80 @@
+"""Fault-injecting transport wrappers for tests."""
+
+from __future__ import annotations
+
+import trio
+
+
+class RecordingStream(trio.abc.HalfCloseableStream):
+    """Wraps a stream; records each operation, can cancel or corrupt on cue.
+
+    ``cancel_at`` = n cancels ``cancel_scope`` just before the n-th operation
+    (0-based) reaches the inner stream, so that operation's checkpoint raises
+    Cancelled. ``corrupt_at`` = k flips byte k of everything sent through it.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.operations: list[str] = []
+        self.cancel_at: int | None = None
+        self.cancel_scope: trio.CancelScope | None = None
+        self.corrupt_at: int | None = None
+        self.bytes_sent = 0
+        self.largest_send = 0
+        self.closed = False
+
+    def _operation(self, name: str) -> None:
+        if self.cancel_at == len(self.operations) and self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+        self.operations.append(name)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._operation("send")
+        data = bytes(data)
+        self.largest_send = max(self.largest_send, len(data))
+        if self.corrupt_at is not None and self.bytes_sent <= self.corrupt_at < self.bytes_sent + len(
+            data
+        ):
+            index = self.corrupt_at - self.bytes_sent
+            data = data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
+        self.bytes_sent += len(data)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._operation("wait")
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        self._operation("receive")
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        assert isinstance(self.inner, trio.abc.HalfCloseableStream)
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.inner.aclose()
+
+
+class HalfWritingStream(trio.abc.Stream):
+    """A transport whose send_all delivers half of the data and then hangs."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.half_written = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        half = len(data) // 2
+        await self.inner.send_all(data[:half])
+        self.half_written = True
+        await trio.sleep_forever()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
