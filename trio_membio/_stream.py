@@ -450,6 +450,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         """
         with self._send_conflict:
             self._check_can_send()
+            await trio.lowlevel.checkpoint_if_cancelled()
             await self._acquire_send_lane()
             try:
                 try:
@@ -632,8 +633,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             if not engine.handshake_complete:
                 await self._ensure_handshake()
             while True:
-                if not engine.close_notify_sent:
-                    self._check_can_send()
+                # After send_eof() our close_notify is out; after a broken send
+                # nobody knows whether it is, so a two-way shutdown is off.
+                broken = self._send_broken
+                if broken is not None:
+                    raise trio.BrokenResourceError(broken[0]) from broken[1]
                 try:
                     finished = engine.unwrap()
                 except TLSTruncationError as exc:
