@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import trio
@@ -19,12 +19,12 @@ HOSTNAME = "tls.example.org"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-@lru_cache(maxsize=None)
+@cache
 def ca() -> trustme.CA:
     return trustme.CA(key_type=trustme.KeyType.ECDSA)
 
 
-@lru_cache(maxsize=None)
+@cache
 def server_cert() -> trustme.LeafCert:
     return ca().issue_cert(HOSTNAME, "127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
 
@@ -75,7 +75,9 @@ def tls_pair(
     return client, server
 
 
-async def handshake_both(client: MemoryBIOStream[trio.abc.Stream], server: MemoryBIOStream[trio.abc.Stream]) -> None:
+async def handshake_both(
+    client: MemoryBIOStream[trio.abc.Stream], server: MemoryBIOStream[trio.abc.Stream]
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.do_handshake)
         nursery.start_soon(server.do_handshake)

@@ -9,6 +9,7 @@ landing exactly there, and checks what the stream is left able to do.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -47,10 +48,8 @@ def recorded_pair(version: str = "1.3") -> tuple[AnyStream, AnyStream, Recording
 
 async def quietly(afn: Callable[[], Awaitable[object]]) -> None:
     """Run a peer action; the peer may see the stream break or close."""
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await afn()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
 
 
 async def peer_handshake_then_drain(server: AnyStream) -> None:
@@ -249,7 +248,10 @@ async def test_aclose_cancelled_anywhere_still_closes(autojump_clock: trio.abc.C
             await client.receive_some()
 
     seen = await cancel_at_every_operation(
-        lambda client: client.aclose(), check, peer=peer_handshake_then_drain, prepare=handshake_both
+        lambda client: client.aclose(),
+        check,
+        peer=peer_handshake_then_drain,
+        prepare=handshake_both,
     )
     assert seen == ["send"]
 
@@ -257,7 +259,7 @@ async def test_aclose_cancelled_anywhere_still_closes(autojump_clock: trio.abc.C
 async def test_unwrap_cancelled_anywhere(autojump_clock: trio.abc.Clock) -> None:
     async def check(client: AnyStream, server: AnyStream, where: str) -> None:
         if where == "receive":
-            transport, trailing = await client.unwrap()  # may be called again
+            _, trailing = await client.unwrap()  # may be called again
             assert trailing == b""
         else:
             with pytest.raises(trio.BrokenResourceError, match="earlier send"):

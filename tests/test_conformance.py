@@ -11,9 +11,7 @@ from .helpers import StreamPair, TLSVersion, handshake_both, tls_pair
 pytestmark = pytest.mark.parametrize("https_compatible", [False, True], ids=["strict", "https"])
 
 
-def _makers(
-    version: TLSVersion, https_compatible: bool
-) -> tuple[object, object]:
+def _makers(version: TLSVersion, https_compatible: bool) -> tuple[object, object]:
     async def stream_maker() -> StreamPair:
         return tls_pair(version=version, https_compatible=https_compatible)
 

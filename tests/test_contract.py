@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 import tracemalloc
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -48,14 +49,15 @@ async def test_handshake_failure_reaches_every_waiter(autojump_clock: trio.abc.C
     client, server = tls_pair(client_ctx=untrusting_client_context())
     errors: list[BaseException] = []
 
+    operations: dict[str, Callable[[], Awaitable[object]]] = {
+        "handshake": client.do_handshake,
+        "send": lambda: client.send_all(b"x"),
+        "receive": client.receive_some,
+    }
+
     async def expect_broken(operation: str) -> None:
         with pytest.raises(trio.BrokenResourceError) as info:
-            if operation == "handshake":
-                await client.do_handshake()
-            elif operation == "send":
-                await client.send_all(b"x")
-            else:
-                await client.receive_some()
+            await operations[operation]()
         errors.append(info.value)
 
     async def server_side() -> None:
@@ -404,9 +406,14 @@ async def test_corrupted_record_raises_and_alerts(
     payload = bytes(range(256)) * 4
     await client.send_all(payload)
     received = b""
-    with pytest.raises(trio.BrokenResourceError) as info:
+
+    async def receive_until_error() -> None:
+        nonlocal received
         while True:
             received += await server.receive_some()
+
+    with pytest.raises(trio.BrokenResourceError) as info:
+        await receive_until_error()
     assert isinstance(info.value.__cause__, ssl.SSLError)
     assert payload.startswith(received), "altered plaintext was returned"
     # The client is told: the server's alert arrives (the server has not

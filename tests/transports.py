@@ -32,8 +32,9 @@ class RecordingStream(trio.abc.HalfCloseableStream):
         self._operation("send")
         data = bytes(data)
         self.largest_send = max(self.largest_send, len(data))
-        if self.corrupt_at is not None and self.bytes_sent <= self.corrupt_at < self.bytes_sent + len(
-            data
+        if (
+            self.corrupt_at is not None
+            and self.bytes_sent <= self.corrupt_at < self.bytes_sent + len(data)
         ):
             index = self.corrupt_at - self.bytes_sent
             data = data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]

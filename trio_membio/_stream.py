@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import operator
 import ssl
-from typing import Final, Generic, NoReturn, TypeVar
+from typing import Final, Generic, Literal, NoReturn, TypeVar, overload
 
 import trio
 
@@ -76,7 +76,12 @@ ALERT_TIMEOUT: Final = 1.0
 
 _TLS_1_3: Final = "TLSv1.3"
 
-TransportStream = TypeVar("TransportStream", bound=trio.abc.Stream)
+TransportStream = TypeVar("TransportStream", bound=trio.abc.Stream, covariant=True)
+
+#: The decoded form of a certificate, as :meth:`ssl.SSLSocket.getpeercert` returns it.
+PeerCertificate = dict[
+    str, str | tuple[tuple[tuple[str, str], ...], ...] | tuple[tuple[str, str], ...]
+]
 
 
 class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
@@ -107,8 +112,6 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         session: A :class:`ssl.SSLSession` from an earlier connection to the
             same server, to resume (client side).
 
-    Attributes:
-        transport_stream: The stream passed in.
     """
 
     def __init__(
@@ -123,7 +126,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     ) -> None:
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
-        self.transport_stream: TransportStream = transport_stream
+        self._transport = transport_stream
         self._engine = TLSEngine(
             ssl_context,
             server_side=server_side,
@@ -151,6 +154,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         )
 
     # ------------------------------------------------------- connection info
+
+    @property
+    def transport_stream(self) -> TransportStream:
+        """The stream carrying the ciphertext, as passed to the constructor."""
+        return self._transport
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -212,8 +220,19 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._require_handshake("selected_alpn_protocol()")
         return self._engine.ssl_object.selected_alpn_protocol()
 
-    def getpeercert(self, binary_form: bool = False) -> ssl._PeerCertRetType:
-        """The peer's certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it."""
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> PeerCertificate | None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+    @overload
+    def getpeercert(self, binary_form: bool) -> PeerCertificate | bytes | None: ...
+
+    def getpeercert(self, binary_form: bool = False) -> PeerCertificate | bytes | None:
+        """The peer's certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it.
+
+        A dict of its decoded fields (only when it was verified), or with
+        ``binary_form=True`` its DER bytes; None if the peer sent none.
+        """
         self._require_handshake("getpeercert()")
         return self._engine.ssl_object.getpeercert(binary_form)
 
@@ -367,7 +386,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._receiving = True
         try:
             try:
-                data = await self.transport_stream.receive_some(TRANSPORT_RECEIVE_SIZE)
+                data = await self._transport.receive_some(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, "receiving")
             if data:
@@ -454,7 +473,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             await self._acquire_send_lane()
             try:
                 try:
-                    await self.transport_stream.wait_send_all_might_not_block()
+                    await self._transport.wait_send_all_might_not_block()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._raise_transport_error(exc, "waiting to send")
                 await self._send_queued_holding_lane()
@@ -545,7 +564,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     async def _send_queued_holding_lane(self, *, during_handshake: bool = False) -> None:
         engine = self._engine
-        transport = self.transport_stream
+        transport = self._transport
         try:
             while engine.bytes_to_send:
                 await transport.send_all(engine.data_to_send(SEND_WINDOW))
@@ -596,14 +615,14 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 try:
                     engine.send_close_notify()
                     with trio.move_on_after(ALERT_TIMEOUT):
-                        await self.transport_stream.send_all(engine.data_to_send())
+                        await self._transport.send_all(engine.data_to_send())
                 except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer may already be gone; close_notify is a courtesy.
                     pass
                 finally:
                     self._sending = False
         finally:
-            await self.transport_stream.aclose()
+            await self._transport.aclose()
 
     async def unwrap(self) -> tuple[TransportStream, bytes]:
         """Shut down TLS both ways and hand back the transport.
@@ -651,7 +670,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 await self._receive_ciphertext()
             self._closed = True
             self._notify_change()
-            return self.transport_stream, engine.take_trailing_data()
+            return self._transport, engine.take_trailing_data()
 
     # --------------------------------------------------------------- helpers
 
@@ -709,7 +728,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             self._sending = True
             try:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + ALERT_TIMEOUT):
-                    await self.transport_stream.send_all(engine.data_to_send())
+                    await self._transport.send_all(engine.data_to_send())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
