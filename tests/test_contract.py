@@ -300,6 +300,21 @@ async def test_send_eof_tls13_keeps_receiving() -> None:
     await client.aclose()
 
 
+async def test_send_eof_with_unread_data_loses_nothing() -> None:
+    client, server = await handshaken_pair(version="1.3")
+    await server.send_all(b"first part, ")
+    await server.send_all(b"second part")
+    assert await client.receive_some(5) == b"first"  # the rest stays buffered
+    await client.send_eof()
+    received = b""
+    while data := await client.receive_some():
+        received += data
+        if received.endswith(b"second part"):
+            await server.aclose()
+    assert received == b" part, second part"
+    await client.aclose()
+
+
 async def test_send_eof_tls12_names_the_version() -> None:
     client, server = await handshaken_pair(version="1.2")
     with pytest.raises(HalfCloseNotSupportedError, match=r"TLSv1\.2"):

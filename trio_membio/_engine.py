@@ -41,8 +41,14 @@ only the byte-level rules, which are:
    server queues NewSessionTicket messages at the very end of its handshake.
    Sending them then can deadlock a client that only writes over a transport
    without buffering, so the server engine holds them back and releases them
-   in front of its first write, close_notify or unwrap. They are never dropped,
-   so a client that reads can resume the session.
+   in front of the first thing it sends after the handshake: data,
+   close_notify, or an alert (OpenSSL numbered the tickets first, so nothing
+   sent after them would decrypt without them). They are never dropped, so a
+   client that reads can resume the session.
+6. close_notify must not eat unread data. CPython's unwrap() runs a second
+   SSL_shutdown that reads incoming records and fails on application data,
+   which a TLS 1.3 peer may still be sending after our close_notify; the
+   engine keeps that data aside so read() still returns it (a half-close).
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ class TLSEngine:
         "_outgoing",
         "_pending_write",
         "_transport_ended",
+        "_unread_plaintext",
         "ssl_object",
     )
 
@@ -117,6 +124,8 @@ class TLSEngine:
         self._held_output: bytes | None = None
         # The bytes of a write OpenSSL asked us to retry (rule 2).
         self._pending_write: bytes | None = None
+        # Plaintext decrypted but not yet returned when close_notify was sent.
+        self._unread_plaintext = b""
 
     # ------------------------------------------------------------------ state
 
@@ -176,13 +185,22 @@ class TLSEngine:
     @property
     def bytes_to_send(self) -> int:
         """How many ciphertext bytes are waiting to be sent to the peer."""
-        return self._outgoing.pending
+        pending = self._outgoing.pending
+        if pending and self._held_output:
+            # Anything queued releases the held tickets ahead of it.
+            return pending + len(self._held_output)
+        return pending
 
     def data_to_send(self, max_bytes: int = -1) -> bytes:
         """Take up to ``max_bytes`` of ciphertext for the peer (all if -1).
 
         Bytes taken out must be sent, in order, before any taken out later.
         """
+        if self._held_output is not None and self._outgoing.pending:
+            # Held session tickets (rule 5) were encrypted first, so they must
+            # go first: whatever comes later, an alert included, uses later
+            # record sequence numbers and would not decrypt before them.
+            self._release_held_output()
         return self._outgoing.read(max_bytes)
 
     # ------------------------------------------------------------- operations
@@ -232,6 +250,10 @@ class TLSEngine:
             RuntimeError: the handshake has not been run (rule 1).
         """
         self._check_ready_for_data()
+        unread = self._unread_plaintext
+        if unread:
+            self._unread_plaintext = unread[max_bytes:]
+            return unread[:max_bytes]
         if self._close_notify_received:
             return b""
         ssl_object = self.ssl_object
@@ -336,17 +358,30 @@ class TLSEngine:
             return
         self._check_ready_for_data()
         self._release_held_output()
+        ssl_object = self.ssl_object
+        # CPython's unwrap() calls SSL_shutdown a second time at once, to look
+        # for the peer's close_notify (that is the SSLWantReadError below, and
+        # it means ours is queued). That second call reads incoming records,
+        # and OpenSSL fails it with APPLICATION_DATA_AFTER_CLOSE_NOTIFY on
+        # application data, which a TLS 1.3 peer may legitimately still be
+        # sending. So keep what is decrypted but unread, hide the undecrypted
+        # ciphertext from it, and put that back afterwards.
+        unread = [self._unread_plaintext]
+        while ssl_object.pending():
+            unread.append(ssl_object.read(ssl_object.pending()))
+        self._unread_plaintext = b"".join(unread)
+        hidden = self._incoming.read()
         try:
-            # CPython's unwrap() calls SSL_shutdown a second time straight away
-            # to look for the peer's close_notify; that is the
-            # SSLWantReadError, and it means ours is queued.
-            self.ssl_object.unwrap()
+            ssl_object.unwrap()
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLError as exc:
             self._fail(exc)
         else:
             self._close_notify_received = True
+        finally:
+            if hidden:
+                self._incoming.write(hidden)
         self._close_notify_sent = True
 
     def unwrap(self) -> bool:
