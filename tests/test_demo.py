@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import runpy
 import subprocess
 import sys
 
@@ -44,3 +45,13 @@ def test_cli_rejects_unknown_commands(capsys: pytest.CaptureFixture[str]) -> Non
         main(["no-such-command"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_module_entry_point(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["trio_membio", "demo"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("trio_membio", run_name="__main__")
+    assert info.value.code == 0
+    assert "client  closed" in capsys.readouterr().out
