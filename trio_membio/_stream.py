@@ -50,6 +50,7 @@ They share one engine and one transport, so the rules are:
 
 from __future__ import annotations
 
+import logging
 import operator
 import ssl
 from typing import Final, Generic, Literal, NoReturn, TypeVar, overload
@@ -59,6 +60,8 @@ import trio
 from ._conflict import ConflictDetector
 from ._engine import TLSEngine, TLSTruncationError
 from ._errors import HalfCloseNotSupportedError, NeedHandshakeError, describe_tls_error
+from ._statistics import ConnectionEnd, TLSStatistics
+from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
 
 __all__ = ["MemoryBIOStream"]
 
@@ -111,6 +114,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             carries its own lengths). Only set it for such protocols.
         session: A :class:`ssl.SSLSession` from an earlier connection to the
             same server, to resume (client side).
+        trace: A callback that receives a :class:`TraceEvent` for every
+            transfer between transport, incoming BIO, SSLObject, outgoing BIO
+            and application. If None and the ``trio_membio.trace`` logger is
+            enabled for DEBUG when the stream is created, events are logged
+            there.
 
     """
 
@@ -123,16 +131,28 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         server_side: bool = False,
         https_compatible: bool = False,
         session: ssl.SSLSession | None = None,
+        trace: TraceCallback | None = None,
     ) -> None:
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
         self._transport = transport_stream
-        self._engine = TLSEngine(
-            ssl_context,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            session=session,
-        )
+        if trace is None and trace_logger.isEnabledFor(logging.DEBUG):
+            trace = log_trace_event
+        if trace is None:
+            self._engine = TLSEngine(
+                ssl_context,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+            )
+        else:
+            self._engine = TracingEngine(
+                ssl_context,
+                trace=trace,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+            )
         self._https_compatible = https_compatible
         self._closed = False
         # (message, cause) when the whole stream is unusable.
@@ -152,6 +172,13 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._receive_conflict = ConflictDetector(
             "another task is already receiving on this MemoryBIOStream"
         )
+        self._plaintext_sent = 0
+        self._plaintext_received = 0
+        self._ciphertext_sent = 0
+        self._ciphertext_received = 0
+        self._handshake_started: float | None = None
+        self._handshake_finished: float | None = None
+        self._ended: ConnectionEnd | None = None
 
     # ------------------------------------------------------- connection info
 
@@ -241,6 +268,25 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._require_handshake("get_channel_binding()")
         return self._engine.ssl_object.get_channel_binding(cb_type)
 
+    def statistics(self) -> TLSStatistics:
+        """Byte counts each way, handshake time, resumption and how it ended."""
+        started, finished = self._handshake_started, self._handshake_finished
+        return TLSStatistics(
+            plaintext_sent=self._plaintext_sent,
+            plaintext_received=self._plaintext_received,
+            ciphertext_sent=self._ciphertext_sent,
+            ciphertext_received=self._ciphertext_received,
+            handshake_duration=None if started is None or finished is None else finished - started,
+            session_reused=(
+                self._engine.ssl_object.session_reused if self._engine.handshake_complete else None
+            ),
+            ended=self._ended,
+        )
+
+    def _end(self, how: ConnectionEnd) -> None:
+        if self._ended is None:
+            self._ended = how
+
     def _require_handshake(self, name: str) -> None:
         if not self._engine.handshake_complete:
             raise NeedHandshakeError(f"call do_handshake() before {name}")
@@ -298,6 +344,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     async def _drive_handshake(self) -> bool:
         engine = self._engine
         yielded = False
+        if self._handshake_started is None:
+            self._handshake_started = trio.current_time()
         while True:
             try:
                 finished = engine.do_handshake()
@@ -307,6 +355,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 await self._send_queued(during_handshake=True)
                 yielded = True
             if finished:
+                self._handshake_finished = trio.current_time()
                 return yielded
             await self._receive_ciphertext()
             yielded = True
@@ -361,6 +410,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     data = engine.read(max_bytes)
                 except TLSTruncationError as exc:
                     if self._https_compatible:
+                        self._end(ConnectionEnd.TRUNCATED)
                         if not yielded:
                             await trio.lowlevel.cancel_shielded_checkpoint()
                         return b""
@@ -370,6 +420,10 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 if engine.bytes_to_send:
                     yielded = await self._send_queued_if_free() or yielded
                 if data is not None:
+                    if data:
+                        self._plaintext_received += len(data)
+                    else:
+                        self._end(ConnectionEnd.CLOSE_NOTIFY)
                     if not yielded:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
@@ -390,6 +444,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, "receiving")
             if data:
+                self._ciphertext_received += len(data)
                 self._engine.receive_data(data)
             else:
                 self._engine.receive_eof()
@@ -452,6 +507,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         await self._acquire_send_lane()
                         continue
                     view = view[written:]
+                    self._plaintext_sent += written
                     await self._send_queued_holding_lane()
             finally:
                 self._release_send_lane()
@@ -567,8 +623,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         transport = self._transport
         try:
             while engine.bytes_to_send:
-                await transport.send_all(engine.data_to_send(SEND_WINDOW))
+                chunk = engine.data_to_send(SEND_WINDOW)
+                await transport.send_all(chunk)
+                self._ciphertext_sent += len(chunk)
         except trio.Cancelled:
+            self._end(ConnectionEnd.CANCELLED)
             if during_handshake:
                 self._broken = (_HANDSHAKE_HALF_WRITTEN, None)
             else:
@@ -599,6 +658,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._end(ConnectionEnd.CLOSED_LOCALLY)
         self._notify_change()
         engine = self._engine
         try:
@@ -615,7 +675,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 try:
                     engine.send_close_notify()
                     with trio.move_on_after(ALERT_TIMEOUT):
-                        await self._transport.send_all(engine.data_to_send())
+                        close_notify = engine.data_to_send()
+                        await self._transport.send_all(close_notify)
+                        self._ciphertext_sent += len(close_notify)
                 except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer may already be gone; close_notify is a courtesy.
                     pass
@@ -669,6 +731,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     break
                 await self._receive_ciphertext()
             self._closed = True
+            self._end(ConnectionEnd.UNWRAPPED)
             self._notify_change()
             return self._transport, engine.take_trailing_data()
 
@@ -706,6 +769,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     def _raise_transport_error(self, exc: BaseException, doing: str) -> NoReturn:
         if self._closed:
             raise trio.ClosedResourceError("this MemoryBIOStream was closed") from None
+        self._end(ConnectionEnd.TRANSPORT_FAILED)
         message = f"the transport failed while {doing}: {exc!r}"
         if doing != "sending" and self._broken is None:
             self._broken = (message, exc)
@@ -714,6 +778,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     async def _fail(self, exc: ssl.SSLError, what: str, *, lane_held: bool = False) -> NoReturn:
         """Record a TLS failure, send the fatal alert (best effort), raise."""
         message = f"{what}: {describe_tls_error(exc)}"
+        self._end(
+            ConnectionEnd.TRUNCATED if isinstance(exc, TLSTruncationError) else ConnectionEnd.ALERT
+        )
         if self._broken is None:
             self._broken = (message, exc)
         engine = self._engine
@@ -728,7 +795,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             self._sending = True
             try:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + ALERT_TIMEOUT):
-                    await self._transport.send_all(engine.data_to_send())
+                    alert = engine.data_to_send()
+                    await self._transport.send_all(alert)
+                    self._ciphertext_sent += len(alert)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
