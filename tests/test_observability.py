@@ -1,0 +1,150 @@
+"""statistics() and the data-flow trace."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+from trio_membio import ConnectionEnd, MemoryBIOStream, Stage, TraceEvent
+
+from .helpers import HOSTNAME, client_context, handshake_both, handshaken_pair, server_context
+
+
+async def test_statistics_count_both_layers(autojump_clock: trio.abc.Clock) -> None:
+    client, server = await handshaken_pair()
+    before = client.statistics()
+    assert before.handshake_duration is not None
+    assert before.session_reused is False
+    assert before.ended is None
+    await client.send_all(b"x" * 100_000)
+    received = 0
+    while received < 100_000:
+        received += len(await server.receive_some())
+    after = client.statistics()
+    assert after.plaintext_sent == 100_000
+    assert server.statistics().plaintext_received == 100_000
+    # Ciphertext carries record overhead on top of the plaintext.
+    sent = after.ciphertext_sent - before.ciphertext_sent
+    assert 100_000 < sent < 101_000
+    assert server.statistics().ciphertext_received == client.statistics().ciphertext_sent
+    await client.aclose()
+    assert await server.receive_some() == b""
+    assert client.statistics().ended is ConnectionEnd.CLOSED_LOCALLY
+    assert server.statistics().ended is ConnectionEnd.CLOSE_NOTIFY
+
+
+async def test_statistics_before_the_handshake() -> None:
+    client = MemoryBIOStream(
+        trio.testing.memory_stream_pair()[0], client_context(), server_hostname=HOSTNAME
+    )
+    stats = client.statistics()
+    assert (stats.handshake_duration, stats.session_reused, stats.ended) == (None, None, None)
+    assert stats.plaintext_sent == stats.ciphertext_sent == 0
+
+
+async def test_handshake_duration_uses_the_trio_clock(autojump_clock: trio.abc.Clock) -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    client = MemoryBIOStream(client_transport, client_context(), server_hostname=HOSTNAME)
+    server = MemoryBIOStream(server_transport, server_context(), server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        await trio.sleep(7)  # the server answers 7 (virtual) seconds late
+        nursery.start_soon(server.do_handshake)
+    duration = client.statistics().handshake_duration
+    assert duration is not None
+    assert duration == pytest.approx(7)
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("truncate", ConnectionEnd.TRUNCATED),
+        ("corrupt", ConnectionEnd.ALERT),
+        ("cancel", ConnectionEnd.CANCELLED),
+        ("unwrap", ConnectionEnd.UNWRAPPED),
+    ],
+)
+async def test_statistics_say_how_it_ended(
+    how: str, expected: ConnectionEnd, autojump_clock: trio.abc.Clock
+) -> None:
+    client, server = await handshaken_pair(transport_pair=trio.testing.lockstep_stream_pair)
+    async with trio.open_nursery() as nursery:
+        if how == "truncate":
+            await server.transport_stream.aclose()
+            with pytest.raises(trio.BrokenResourceError):
+                await client.receive_some()
+        elif how == "corrupt":
+            nursery.start_soon(
+                server.transport_stream.send_all, b"\x17\x03\x03\x00\x20" + bytes(32)
+            )
+            with pytest.raises(trio.BrokenResourceError):
+                await client.receive_some()
+        elif how == "cancel":
+            with trio.move_on_after(1):
+                await client.send_all(b"x" * 100_000)  # nobody reads
+        else:
+
+            async def peer_unwrap() -> None:
+                assert await server.receive_some() == b""
+                await server.unwrap()
+
+            nursery.start_soon(peer_unwrap)
+            await client.unwrap()
+        nursery.cancel_scope.cancel()
+    await client.aclose()  # does not overwrite the first cause
+    assert client.statistics().ended is expected
+    await server.aclose()
+
+
+async def test_trace_shows_every_hop() -> None:
+    events: list[TraceEvent] = []
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    client = MemoryBIOStream(
+        client_transport, client_context(), server_hostname=HOSTNAME, trace=events.append
+    )
+    server = MemoryBIOStream(server_transport, server_context(), server_side=True)
+    await handshake_both(client, server)
+    hops = {(event.source, event.target) for event in events}
+    assert hops >= {
+        (Stage.SSL_OBJECT, Stage.OUTGOING_BIO),  # the ClientHello
+        (Stage.OUTGOING_BIO, Stage.TRANSPORT),
+        (Stage.TRANSPORT, Stage.INCOMING_BIO),  # the ServerHello flight
+        (Stage.INCOMING_BIO, Stage.SSL_OBJECT),
+    }
+    assert {event.operation for event in events} == {"handshake", "send", "receive"}
+    events.clear()
+    await client.send_all(b"hello")
+    assert events[0] == TraceEvent(Stage.APPLICATION, Stage.SSL_OBJECT, 5, "write")
+    assert events[1].source is Stage.SSL_OBJECT
+    assert events[1].target is Stage.OUTGOING_BIO
+    assert events[1].size > 5  # a record: header, tag and content type around the 5 bytes
+    assert events[2] == TraceEvent(Stage.OUTGOING_BIO, Stage.TRANSPORT, events[1].size, "send")
+    await server.send_all(b"world!")
+    events.clear()
+    assert await client.receive_some() == b"world!"
+    kinds = [(event.source, event.target) for event in events]
+    assert (Stage.SSL_OBJECT, Stage.APPLICATION) in kinds
+    assert events[-1] == TraceEvent(Stage.SSL_OBJECT, Stage.APPLICATION, 6, "read")
+    assert "transport -> incoming BIO" in str(events[0])
+    await server.aclose()
+    events.clear()
+    assert await client.receive_some() == b""
+    await client.aclose()
+
+
+async def test_trace_logger_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="trio_membio.trace"):
+        client, server = await handshaken_pair()
+        await client.send_all(b"ping")
+        assert await server.receive_some() == b"ping"
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("application -> SSLObject: 4 bytes (write)" in message for message in messages)
+    assert any("SSLObject -> application: 4 bytes (read)" in message for message in messages)
+
+
+async def test_no_tracing_engine_unless_asked() -> None:
+    client, _ = await handshaken_pair()
+    assert type(client._engine).__name__ == "TLSEngine"
