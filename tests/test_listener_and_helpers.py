@@ -31,6 +31,7 @@ async def test_accept_does_not_wait_for_the_handshake() -> None:
     listeners = await open_tls_over_tcp_listeners(0, server_context(), host="127.0.0.1")
     listener = listeners[0]
     assert isinstance(listener, MemoryBIOListener)
+    assert isinstance(listener.transport_listener, trio.SocketListener)
     port = listener.transport_listener.socket.getsockname()[1]
     with trio.fail_after(5):
         # A plain TCP client that says nothing: accept() still returns.
