@@ -35,3 +35,25 @@ async def test_two_way_stream(version: TLSVersion, https_compatible: bool) -> No
 async def test_half_closeable_stream_tls13(https_compatible: bool) -> None:
     stream_maker, clogged_stream_maker = _makers("1.3", https_compatible)
     await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)  # type: ignore[arg-type]
+
+
+def _socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    left, right = trio.socket.socketpair()
+    return trio.SocketStream(left), trio.SocketStream(right)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+async def test_half_closeable_over_sockets(version: TLSVersion, https_compatible: bool) -> None:
+    """Over a real socket pair: the direct-socket fast path must conform too."""
+
+    async def stream_maker() -> StreamPair:
+        return tls_pair(
+            _socket_stream_pair,
+            version=version,
+            https_compatible=https_compatible,
+        )
+
+    if version == "1.3":
+        await trio.testing.check_half_closeable_stream(stream_maker, None)
+    else:
+        await trio.testing.check_two_way_stream(stream_maker, None)

@@ -59,6 +59,9 @@ from typing import Final, NoReturn
 __all__ = ["TLSEngine", "TLSTruncationError"]
 
 _TLS_1_3: Final = "TLSv1.3"
+_TRUNCATED_DATA: Final = (
+    "the peer closed the transport without a TLS close_notify; the data may be truncated"
+)
 
 
 class TLSTruncationError(ssl.SSLEOFError):
@@ -249,7 +252,8 @@ class TLSEngine:
                 with is waiting in :meth:`data_to_send`.
             RuntimeError: the handshake has not been run (rule 1).
         """
-        self._check_ready_for_data()
+        if self._failure is not None or not self._handshake_complete:
+            self._check_ready_for_data()
         unread = self._unread_plaintext
         if unread:
             self._unread_plaintext = unread[max_bytes:]
@@ -257,14 +261,17 @@ class TLSEngine:
         if self._close_notify_received:
             return b""
         ssl_object = self.ssl_object
+        if not self._incoming.pending and not ssl_object.pending():
+            # Nothing buffered can be decrypted (OpenSSL keeps at most a partial
+            # record): skip the SSL_read that would raise SSLWantReadError.
+            if self._transport_ended:
+                self._fail_truncated(_TRUNCATED_DATA)
+            return None
         try:
             data = ssl_object.read(max_bytes)
         except ssl.SSLWantReadError:
             if self._transport_ended:
-                self._fail_truncated(
-                    "the peer closed the transport without a TLS close_notify; "
-                    "the data may be truncated"
-                )
+                self._fail_truncated(_TRUNCATED_DATA)
             return None
         except ssl.SSLZeroReturnError:
             self._close_notify_received = True
@@ -317,7 +324,8 @@ class TLSEngine:
                 already sent.
             TLSTruncationError, ssl.SSLError: as for :meth:`read`.
         """
-        self._check_ready_for_data()
+        if self._failure is not None or not self._handshake_complete:
+            self._check_ready_for_data()
         if not data:
             # SSL_write of zero bytes means something else to OpenSSL.
             raise ValueError("write() needs at least one byte")
@@ -328,7 +336,8 @@ class TLSEngine:
             raise ValueError(
                 "a write that needed more ciphertext must be retried with the same bytes"
             )
-        self._release_held_output()
+        if self._held_output is not None:
+            self._release_held_output()
         try:
             written: int = self.ssl_object.write(data)
         except ssl.SSLWantReadError:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import logging
 import operator
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Final, Generic, Literal, NoReturn, TypeVar, overload
 
 import trio
@@ -60,6 +61,7 @@ import trio
 from ._conflict import ConflictDetector
 from ._engine import TLSEngine, TLSTruncationError
 from ._errors import HalfCloseNotSupportedError, NeedHandshakeError, describe_tls_error
+from ._socket_fast_path import fast_path_for
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
 
@@ -136,6 +138,18 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
         self._transport = transport_stream
+        # How ciphertext moves: straight on the socket for a plain
+        # SocketStream, through the transport's methods otherwise. Both
+        # report whether they yielded, so that checkpoints are not doubled.
+        fast_path = fast_path_for(transport_stream)
+        self._transport_send: Callable[[bytes], Awaitable[bool]]
+        self._transport_receive: Callable[[int], Awaitable[tuple[bytes | bytearray, bool]]]
+        if fast_path is not None:
+            self._transport_send = fast_path.send_all
+            self._transport_receive = fast_path.receive_some
+        else:
+            self._transport_send = self._send_through_transport
+            self._transport_receive = self._receive_through_transport
         if trace is None and trace_logger.isEnabledFor(logging.DEBUG):
             trace = log_trace_event
         if trace is None:
@@ -352,13 +366,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             except ssl.SSLError as exc:
                 await self._fail(exc, "TLS handshake failed")
             if engine.bytes_to_send:
-                await self._send_queued(during_handshake=True)
-                yielded = True
+                yielded = await self._send_queued(during_handshake=True) or yielded
             if finished:
                 self._handshake_finished = trio.current_time()
                 return yielded
-            await self._receive_ciphertext()
-            yielded = True
+            yielded = await self._receive_ciphertext() or yielded
 
     # --------------------------------------------------------------- receive
 
@@ -427,20 +439,22 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     if not yielded:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                await self._receive_ciphertext()
-                yielded = True
+                yielded = await self._receive_ciphertext() or yielded
 
-    async def _receive_ciphertext(self) -> None:
-        """Feed the engine one transport receive_some (ours or another task's)."""
+    async def _receive_ciphertext(self) -> bool:
+        """Feed the engine one transport receive (ours or another task's).
+
+        Returns whether this task yielded to the scheduler.
+        """
         count = self._receive_count
         while self._receiving:
             await self._wait_for_change()
             if self._receive_count != count:
-                return
+                return True
         self._receiving = True
         try:
             try:
-                data = await self._transport.receive_some(TRANSPORT_RECEIVE_SIZE)
+                data, yielded = await self._transport_receive(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, "receiving")
             if data:
@@ -452,6 +466,14 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         finally:
             self._receiving = False
             self._notify_change()
+        return yielded
+
+    async def _receive_through_transport(self, max_bytes: int) -> tuple[bytes | bytearray, bool]:
+        return await self._transport.receive_some(max_bytes), True
+
+    async def _send_through_transport(self, data: bytes) -> bool:
+        await self._transport.send_all(data)
+        return True
 
     # ------------------------------------------------------------------ send
 
@@ -491,7 +513,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             view = memoryview(data)
             if view.itemsize != 1 or not view.c_contiguous:
                 view = view.cast("B")
-            await self._acquire_send_lane()
+            yielded = await self._acquire_send_lane()
             try:
                 while view:
                     chunk = view[:PLAINTEXT_CHUNK]
@@ -505,12 +527,15 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         self._release_send_lane()
                         await self._receive_ciphertext()
                         await self._acquire_send_lane()
+                        yielded = True
                         continue
                     view = view[written:]
                     self._plaintext_sent += written
-                    await self._send_queued_holding_lane()
+                    yielded = await self._send_queued_holding_lane() or yielded
             finally:
                 self._release_send_lane()
+            if not yielded:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can probably take more data.
@@ -570,35 +595,45 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     "before TLS 1.3 close_notify ends both directions, so use aclose()"
                 )
             self._check_can_send()
-            await self._acquire_send_lane()
+            yielded = await self._acquire_send_lane()
             try:
                 try:
                     engine.send_close_notify()
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error while sending close_notify", lane_held=True)
                 self._eof_sent = True
-                await self._send_queued_holding_lane()
+                yielded = await self._send_queued_holding_lane() or yielded
             finally:
                 self._release_send_lane()
+            if not yielded:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _acquire_send_lane(self) -> None:
+    async def _acquire_send_lane(self) -> bool:
+        """Take the send lane, waiting for it; return whether this yielded."""
+        yielded = False
         while self._sending:
             await self._wait_for_change()
             self._check_can_send()
+            yielded = True
         self._sending = True
+        return yielded
 
     def _release_send_lane(self) -> None:
         self._sending = False
         self._notify_change()
 
-    async def _send_queued(self, *, during_handshake: bool = False) -> None:
-        """Send the engine's queued ciphertext, waiting for the send lane."""
+    async def _send_queued(self, *, during_handshake: bool = False) -> bool:
+        """Send the engine's queued ciphertext, waiting for the send lane.
+
+        Returns whether this task yielded to the scheduler.
+        """
         self._check_can_send()
-        await self._acquire_send_lane()
+        yielded = await self._acquire_send_lane()
         try:
-            await self._send_queued_holding_lane(during_handshake=during_handshake)
+            sent_yielded = await self._send_queued_holding_lane(during_handshake=during_handshake)
         finally:
             self._release_send_lane()
+        return yielded or sent_yielded
 
     async def _send_queued_if_free(self) -> bool:
         """Send queued ciphertext unless another task holds the send lane.
@@ -613,18 +648,19 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             return False
         self._sending = True
         try:
-            await self._send_queued_holding_lane()
+            return await self._send_queued_holding_lane()
         finally:
             self._release_send_lane()
-        return True
 
-    async def _send_queued_holding_lane(self, *, during_handshake: bool = False) -> None:
+    async def _send_queued_holding_lane(self, *, during_handshake: bool = False) -> bool:
+        """Send everything queued; return whether this task yielded."""
         engine = self._engine
-        transport = self._transport
+        send = self._transport_send
+        yielded = False
         try:
             while engine.bytes_to_send:
                 chunk = engine.data_to_send(SEND_WINDOW)
-                await transport.send_all(chunk)
+                yielded = await send(chunk) or yielded
                 self._ciphertext_sent += len(chunk)
         except trio.Cancelled:
             self._end(ConnectionEnd.CANCELLED)
@@ -637,6 +673,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             if not self._closed:
                 self._send_broken = ("the transport failed while sending", exc)
             self._raise_transport_error(exc, "sending")
+        return yielded
 
     # ----------------------------------------------------------------- close
 
@@ -676,7 +713,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     engine.send_close_notify()
                     with trio.move_on_after(ALERT_TIMEOUT):
                         close_notify = engine.data_to_send()
-                        await self._transport.send_all(close_notify)
+                        await self._transport_send(close_notify)
                         self._ciphertext_sent += len(close_notify)
                 except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer may already be gone; close_notify is a courtesy.
@@ -711,8 +748,10 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             self._check_usable()
             await trio.lowlevel.checkpoint_if_cancelled()
             engine = self._engine
+            yielded = False
             if not engine.handshake_complete:
                 await self._ensure_handshake()
+                yielded = True
             while True:
                 # After send_eof() our close_notify is out; after a broken send
                 # nobody knows whether it is, so a two-way shutdown is off.
@@ -726,10 +765,12 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error during unwrap()")
                 if engine.bytes_to_send:
-                    await self._send_queued()
+                    yielded = await self._send_queued() or yielded
                 if finished:
                     break
-                await self._receive_ciphertext()
+                yielded = await self._receive_ciphertext() or yielded
+            if not yielded:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             self._closed = True
             self._end(ConnectionEnd.UNWRAPPED)
             self._notify_change()
@@ -796,7 +837,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             try:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + ALERT_TIMEOUT):
                     alert = engine.data_to_send()
-                    await self._transport.send_all(alert)
+                    await self._transport_send(alert)
                     self._ciphertext_sent += len(alert)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass

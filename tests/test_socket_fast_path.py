@@ -1,0 +1,135 @@
+"""The direct-socket fast path used when the transport is a trio.SocketStream."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+from trio.testing import assert_checkpoints
+
+from trio_membio import MemoryBIOStream
+from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
+
+from .helpers import HOSTNAME, client_context, handshake_both, server_context
+
+SocketTLS = MemoryBIOStream[trio.SocketStream]
+
+
+def socket_pair() -> tuple[SocketTLS, SocketTLS]:
+    left, right = trio.socket.socketpair()
+    client = MemoryBIOStream(trio.SocketStream(left), client_context(), server_hostname=HOSTNAME)
+    server = MemoryBIOStream(trio.SocketStream(right), server_context(), server_side=True)
+    return client, server
+
+
+async def test_fast_path_only_for_socket_streams() -> None:
+    left, right = trio.socket.socketpair()
+    assert isinstance(fast_path_for(trio.SocketStream(left)), SocketFastPath)
+    assert fast_path_for(trio.testing.memory_stream_pair()[0]) is None
+    assert (
+        fast_path_for(trio.StapledStream(trio.SocketStream(right), trio.SocketStream(right)))
+        is None
+    )
+    left.close()
+    right.close()
+
+
+async def test_checkpoints_when_the_socket_is_ready() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    with assert_checkpoints():
+        await client.send_all(b"fits in the socket buffer")
+    await trio.testing.wait_all_tasks_blocked()
+    with assert_checkpoints():
+        assert await server.receive_some() == b"fits in the socket buffer"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_large_send_waits_for_the_reader_and_arrives_whole() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    payload = bytes(range(256)) * 40_000  # 10 MB: far beyond the socket buffers
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            received.extend(await server.receive_some())
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await client.send_all(payload)
+    assert received == payload
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_cancelled_while_waiting_to_write_breaks_sending_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    with trio.move_on_after(1) as scope:
+        await client.send_all(bytes(20_000_000))  # nobody reads: the socket fills
+    assert scope.cancelled_caught
+    with pytest.raises(trio.BrokenResourceError, match="earlier send"):
+        await client.send_all(b"x")
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_aclose_wakes_a_blocked_receiver() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    async with trio.open_nursery() as nursery:
+
+        async def blocked() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await client.receive_some()
+
+        nursery.start_soon(blocked)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()
+    await server.aclose()
+
+
+async def test_never_touches_a_reused_descriptor() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    old_descriptor = client.transport_stream.socket.fileno()
+    await client.transport_stream.aclose()  # closed behind the TLS stream's back
+    # The kernel hands out the lowest free number: likely the same one.
+    intruder, partner = socket.socketpair()
+    try:
+        partner.sendall(b"not yours")
+        with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+            await client.receive_some()
+        with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+            await client.send_all(b"x")
+        if intruder.fileno() == old_descriptor:
+            intruder.setblocking(False)
+            assert intruder.recv(100) == b"not yours"  # still unread
+    finally:
+        intruder.close()
+        partner.close()
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_connection_reset_is_broken_resource() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    raw = server.transport_stream.socket
+    # SO_LINGER with a zero timeout makes close() send a TCP RST on TCP; on a
+    # UNIX socket pair, closing gives the reader EOF or ECONNRESET.
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.send_all(b"unread by the server")
+    raw.close()
+    with pytest.raises(trio.BrokenResourceError):
+        await client.receive_some()
+    await client.aclose()
+    await server.aclose()

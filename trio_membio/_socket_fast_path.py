@@ -1,0 +1,97 @@
+"""Direct socket I/O for the common transport, trio.SocketStream.
+
+Most of the cost of a small TLS message over trio is not cryptography: it is
+the layers each byte passes through. A :class:`trio.SocketStream` adds a
+conflict detector, error translation and a scheduler round trip per call on
+top of the socket, and a TLS stream calls it at least once per message. When
+the transport is exactly a ``trio.SocketStream`` (not a subclass, which may
+add behaviour of its own) on a POSIX system, MemoryBIOStream talks to the
+socket's file descriptor itself, with the same semantics:
+
+- errors become :exc:`trio.BrokenResourceError` (or ClosedResourceError once
+  the socket is closed), as SocketStream translates them;
+- a closed socket is never touched: the descriptor is looked up on every call
+  (trio's socket reports -1 once closed), so a reused descriptor number can
+  never be read from or written to;
+- waiting uses :func:`trio.lowlevel.wait_readable` / ``wait_writable``, so
+  closing the socket (``SocketStream.aclose``) wakes a waiting task with
+  ClosedResourceError, and cancellation works as usual.
+
+Each call reports whether it yielded to the scheduler; the stream then adds
+the one checkpoint trio's contract requires only when nothing else was one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import trio
+
+__all__ = ["SocketFastPath", "fast_path_for"]
+
+# Errors that mean "the connection is gone", as trio.SocketStream sees them.
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+class SocketFastPath:
+    """send_all / receive_some straight on a SocketStream's descriptor."""
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._socket = stream.socket
+
+    def _descriptor(self) -> int:
+        descriptor = self._socket.fileno()
+        if descriptor < 0:
+            raise trio.ClosedResourceError("the transport socket was closed")
+        return descriptor
+
+    async def receive_some(self, max_bytes: int) -> tuple[bytes, bool]:
+        """Receive up to ``max_bytes``; return (data, whether it yielded)."""
+        yielded = False
+        while True:
+            try:
+                return os.read(self._descriptor(), max_bytes), yielded
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _translate(exc) from exc
+            await trio.lowlevel.wait_readable(self._socket)
+            yielded = True
+
+    async def send_all(self, data: bytes) -> bool:
+        """Send all of ``data``; return whether it yielded.
+
+        If cancelled while waiting, part of ``data`` may have been sent.
+        """
+        if self._socket.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        yielded = False
+        view = memoryview(data)
+        with view:
+            while view:
+                try:
+                    sent = os.write(self._descriptor(), view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._socket)
+                    yielded = True
+                    continue
+                except OSError as exc:
+                    raise _translate(exc) from exc
+                view = view[sent:]
+        return yielded
+
+
+def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("the transport socket was closed")
+    return trio.BrokenResourceError(f"socket error: {exc}")
+
+
+def fast_path_for(stream: trio.abc.Stream) -> SocketFastPath | None:
+    """A fast path for ``stream`` when it is a plain SocketStream on POSIX."""
+    if isinstance(stream, trio.SocketStream) and os.name == "posix":
+        return SocketFastPath(stream)
+    return None
