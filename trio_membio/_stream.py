@@ -174,6 +174,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         # (message, cause) when only the sending direction is unusable.
         self._send_broken: tuple[str, BaseException | None] | None = None
         self._eof_sent = False
+        # engine.handshake_complete, cached for the hot paths.
+        self._handshook = False
         self._sending = False
         self._receiving = False
         self._receive_count = 0
@@ -369,6 +371,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 yielded = await self._send_queued(during_handshake=True) or yielded
             if finished:
                 self._handshake_finished = trio.current_time()
+                self._handshook = True
                 return yielded
             yielded = await self._receive_ciphertext() or yielded
 
@@ -396,7 +399,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             ValueError: ``max_bytes`` is less than 1.
         """
         with self._receive_conflict:
-            self._check_usable()
+            if self._closed or self._broken is not None:
+                self._check_usable()
             if max_bytes is None:
                 max_bytes = DEFAULT_RECEIVE_SIZE
             else:
@@ -406,7 +410,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             await trio.lowlevel.checkpoint_if_cancelled()
             engine = self._engine
             yielded = False
-            if not engine.handshake_complete:
+            if not self._handshook:
                 try:
                     await self._ensure_handshake()
                 except trio.BrokenResourceError as exc:
@@ -465,7 +469,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             self._receive_count += 1
         finally:
             self._receiving = False
-            self._notify_change()
+            if self._changed is not None:
+                self._notify_change()
         return yielded
 
     async def _receive_through_transport(self, max_bytes: int) -> tuple[bytes | bytearray, bool]:
@@ -499,10 +504,13 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             trio.BusyResourceError: another task is already sending.
         """
         with self._send_conflict:
-            self._check_can_send()
+            if self._closed or self._broken is not None or self._send_broken is not None:
+                self._check_can_send()
+            if self._eof_sent:
+                self._check_can_send()
             await trio.lowlevel.checkpoint_if_cancelled()
             engine = self._engine
-            if not engine.handshake_complete:
+            if not self._handshook:
                 await self._ensure_handshake()
                 self._check_can_send()
                 if not data:
@@ -620,7 +628,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     def _release_send_lane(self) -> None:
         self._sending = False
-        self._notify_change()
+        if self._changed is not None:
+            self._notify_change()
 
     async def _send_queued(self, *, during_handshake: bool = False) -> bool:
         """Send the engine's queued ciphertext, waiting for the send lane.
