@@ -49,6 +49,10 @@ only the byte-level rules, which are:
    SSL_shutdown that reads incoming records and fails on application data,
    which a TLS 1.3 peer may still be sending after our close_notify; the
    engine keeps that data aside so read() still returns it (a half-close).
+7. During a TLS 1.2 renegotiation, SSL_write must not meet application data:
+   OpenSSL accepts it only inside SSL_read and otherwise fails the
+   connection. Before each write on TLS 1.2, decryptable application data is
+   read out and kept aside for read(), as in rule 6.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ from typing import Final, NoReturn
 __all__ = ["TLSEngine", "TLSTruncationError"]
 
 _TLS_1_3: Final = "TLSv1.3"
+# Read size when setting application data aside: one TLS record's plaintext.
+_SET_ASIDE_CHUNK: Final = 16384
 _TRUNCATED_DATA: Final = (
     "the peer closed the transport without a TLS close_notify; the data may be truncated"
 )
@@ -95,6 +101,7 @@ class TLSEngine:
         "_incoming",
         "_outgoing",
         "_pending_write",
+        "_renegotiation_possible",
         "_transport_ended",
         "_unread_plaintext",
         "ssl_object",
@@ -127,8 +134,10 @@ class TLSEngine:
         self._held_output: bytes | None = None
         # The bytes of a write OpenSSL asked us to retry (rule 2).
         self._pending_write: bytes | None = None
-        # Plaintext decrypted but not yet returned when close_notify was sent.
+        # Plaintext decrypted but not yet returned (rules 6 and 7).
         self._unread_plaintext = b""
+        # TLS 1.2 and lower: the peer may start a renegotiation (rule 7).
+        self._renegotiation_possible = False
 
     # ------------------------------------------------------------------ state
 
@@ -231,7 +240,9 @@ class TLSEngine:
         except ssl.SSLError as exc:
             self._fail(exc)
         self._handshake_complete = True
-        if self.ssl_object.server_side and self.ssl_object.version() == _TLS_1_3:
+        version = self.ssl_object.version()
+        self._renegotiation_possible = version != _TLS_1_3
+        if self.ssl_object.server_side and version == _TLS_1_3:
             # What the final server step queued is the session tickets (rule 5).
             self._held_output = self._outgoing.read()
         return True
@@ -338,6 +349,8 @@ class TLSEngine:
             )
         if self._held_output is not None:
             self._release_held_output()
+        if self._renegotiation_possible and self._incoming.pending:
+            self._set_aside_application_data()
         try:
             written: int = self.ssl_object.write(data)
         except ssl.SSLWantReadError:
@@ -428,6 +441,35 @@ class TLSEngine:
         return self._incoming.read()
 
     # --------------------------------------------------------------- helpers
+
+    def _set_aside_application_data(self) -> None:
+        """Decrypt buffered application records into the kept-aside plaintext.
+
+        During a TLS 1.2 renegotiation OpenSSL accepts application data only
+        inside SSL_read: an SSL_write that meets such a record while driving
+        the handshake fails the connection (with a misleading SSLEOFError).
+        So before a write, whatever is decryptable is read out first (rule 7);
+        read() returns it before anything else.
+        """
+        ssl_object = self.ssl_object
+        parts = [self._unread_plaintext]
+        while self._incoming.pending or ssl_object.pending():
+            try:
+                data = ssl_object.read(_SET_ASIDE_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._close_notify_received = True
+                break
+            except ssl.SSLError as exc:
+                # Reported by the next read(), after the authentic data.
+                self._failure = exc
+                break
+            if not data:
+                self._close_notify_received = True
+                break
+            parts.append(data)
+        self._unread_plaintext = b"".join(parts)
 
     def _release_held_output(self) -> None:
         held = self._held_output

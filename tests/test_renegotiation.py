@@ -1,0 +1,424 @@
+"""TLS 1.2 renegotiation against a pyOpenSSL peer (Python's ssl cannot start one).
+
+Renegotiation is the one case where "a send must receive" (SSL_write needs the
+peer's handshake messages first, so engine.write() returns None) and "a receive
+must send" (SSL_read answers a HelloRequest or ClientHello with handshake
+output). The ``paths`` fixture counts both, so each test shows it took the path
+it is about. The peer is pyOpenSSL, blocking in a worker thread, over a
+socket.socketpair(), with a PEER_TIMEOUT on its socket and fail_after on ours.
+Proof of a renegotiation, from both ends: the peer's client_random() changed
+(it processed a new ClientHello), its renegotiate_pending() is False again
+(the new handshake finished), and our "tls-unique" (the first Finished of the
+latest handshake) changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import pytest
+import trio
+from OpenSSL import SSL
+
+from trio_membio import MemoryBIOStream
+from trio_membio._engine import TLSEngine
+
+from .helpers import HOSTNAME, ca, client_context, server_cert, server_context
+
+R = TypeVar("R")
+Role = Literal["client", "server"]
+Stream = MemoryBIOStream[trio.abc.Stream]
+Wrap = Callable[[trio.SocketStream], trio.abc.Stream]
+
+PEER_TIMEOUT = 5.0  # per blocking socket operation of the pyOpenSSL peer
+TRIO_TIMEOUT = 10.0
+PIECE = 16 * 1024
+TOTAL = 2 * 1024 * 1024
+RENEGOTIATE_AT = 256 * 1024  # a renegotiation every this many bytes of the stream
+PAYLOAD = random.Random(5746).randbytes(TOTAL)
+# SSL_OP_ALLOW_CLIENT_RENEGOTIATION (OpenSSL 3.0+), which Python's ssl does not name.
+OP_ALLOW_CLIENT_RENEGOTIATION = ssl.Options(1 << 8)
+
+
+@dataclass
+class Outcome:  # what the pyOpenSSL peer saw
+    data: bytes  # what it received (an echo server: what it echoed)
+    randoms_differ: bool  # client_random() changed: a new ClientHello was processed
+    total_renegotiations: int
+    pending: bool  # renegotiate_pending() at the end
+
+
+@dataclass
+class Run:  # one connection: our stream, and what both ends saw
+    stream: Stream
+    results: list[Outcome] = field(default_factory=list)
+    before: bytes = b""  # our tls-unique after the first handshake...
+    after: bytes = b""  # ...and at the end
+
+    def assert_renegotiated(self, data: bytes = PAYLOAD) -> Outcome:
+        result = self.results[0]
+        assert result.data == data
+        assert result.total_renegotiations >= 1
+        assert result.randoms_differ, "the peer never processed a new ClientHello"
+        assert not result.pending, "the renegotiation never finished"
+        assert self.before != self.after, "our side never finished a new handshake"
+        return result
+
+
+@dataclass
+class Env:  # where the peer's PEM files go, and how our socket is wrapped
+    tmp_path: Path
+    wrap: Wrap
+
+
+def through_methods(stream: trio.SocketStream) -> trio.abc.Stream:
+    return trio.StapledStream(stream, stream)  # not a SocketStream: no fast path
+
+
+@pytest.fixture(params=[lambda stream: stream, through_methods], ids=["fast-path", "generic"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Env:
+    """Both of the stream's transport I/O paths: direct socket, and transport methods."""
+    wrap: Wrap = request.param
+    return Env(tmp_path, wrap)
+
+
+@dataclass
+class Paths:  # how often our engines took the two renegotiation paths
+    send_must_receive: int = 0  # write() returned None
+    receive_must_send: int = 0  # read() queued ciphertext for the peer
+
+
+@pytest.fixture
+def paths(monkeypatch: pytest.MonkeyPatch) -> Paths:
+    counts = Paths()
+    write, read = TLSEngine.write, TLSEngine.read
+
+    def counting_write(self: TLSEngine, data: bytes | bytearray | memoryview) -> int | None:
+        written = write(self, data)
+        counts.send_must_receive += written is None
+        return written
+
+    def counting_read(self: TLSEngine, max_bytes: int) -> bytes | None:
+        queued = self.bytes_to_send
+        data = read(self, max_bytes)
+        counts.receive_must_send += self.bytes_to_send > queued
+        return data
+
+    monkeypatch.setattr(TLSEngine, "write", counting_write)
+    monkeypatch.setattr(TLSEngine, "read", counting_read)
+    return counts
+
+
+class Peer:
+    """pyOpenSSL over memory BIOs: we choose which bytes go out in one socket write."""
+
+    def __init__(self, conn: SSL.Connection, sock: socket.socket) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.random_before: bytes | None = None  # client_random() after the handshake
+
+    def flush(self) -> None:
+        with contextlib.suppress(SSL.WantReadError):  # raised when nothing is queued
+            self.sock.sendall(self.conn.bio_read(1 << 22))
+
+    def feed(self) -> None:
+        self.flush()
+        if data := self.sock.recv(1 << 20):
+            self.conn.bio_write(data)
+        else:
+            self.conn.bio_shutdown()
+
+    def call(self, operation: Callable[[], R]) -> R:
+        while True:
+            try:
+                result = operation()
+            except SSL.WantReadError:
+                self.feed()
+            else:
+                self.flush()
+                return result
+
+    def send(self, data: bytes) -> None:
+        self.call(lambda: self.conn.sendall(data))
+
+    def recv(self, size: int = 65536) -> bytes:
+        try:
+            return self.call(lambda: self.conn.recv(size))
+        except SSL.ZeroReturnError:  # close_notify
+            return b""
+
+    def recv_exactly(self, size: int) -> bytes:
+        received = bytearray()
+        while len(received) < size:
+            data = self.recv(size - len(received))
+            assert data, f"EOF after {len(received)} of {size} bytes"
+            received += data
+        return bytes(received)
+
+    def start_renegotiation(self) -> None:
+        """Queue a server's HelloRequest or a client's ClientHello, and send it."""
+        assert self.conn.renegotiate()
+        with contextlib.suppress(SSL.WantReadError):  # a client waits for a ServerHello
+            self.conn.do_handshake()
+        self.flush()
+
+    def finish_renegotiation(self) -> None:
+        """Read handshake records (no application data expected) until it is done."""
+        while self.conn.renegotiate_pending():
+            try:
+                data = self.conn.recv(1)
+            except SSL.WantReadError:
+                self.flush()
+                if self.conn.renegotiate_pending():
+                    self.feed()
+            else:
+                raise AssertionError(f"unexpected application data {data!r}")
+
+    def outcome(self, data: bytes) -> Outcome:
+        conn = self.conn
+        random_now, pending = conn.client_random(), conn.renegotiate_pending()
+        return Outcome(data, random_now != self.random_before, conn.total_renegotiations(), pending)
+
+
+def pyopenssl_context(role: Role, tmp_path: Path) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    pem = str(tmp_path / f"{role}.pem")
+    if role == "server":
+        server_cert().private_key_and_cert_chain_pem.write_to_path(pem)
+        context.use_certificate_chain_file(pem)
+        context.use_privatekey_file(pem)
+    else:
+        ca().cert_pem.write_to_path(pem)
+        context.load_verify_locations(pem)
+        context.set_verify(SSL.VERIFY_PEER)
+    return context
+
+
+def trio_context(role: Role) -> ssl.SSLContext:
+    context = client_context("1.2") if role == "client" else server_context("1.2")
+    # A Python build or policy may disable renegotiation outright (today's
+    # defaults do not); these tests are about supporting it, so allow it.
+    context.options &= ~ssl.OP_NO_RENEGOTIATION
+    if role == "server" and ssl.OPENSSL_VERSION_INFO >= (3,):
+        # OpenSSL 3.0 servers refuse client-initiated renegotiation by default.
+        context.options |= OP_ALLOW_CLIENT_RENEGOTIATION
+    return context
+
+
+def tls_unique(stream: Stream) -> bytes:
+    binding = stream.get_channel_binding("tls-unique")
+    assert binding is not None
+    return binding
+
+
+@contextlib.asynccontextmanager
+async def pyopenssl_peer(
+    trio_role: Role, env: Env, body: Callable[[Peer], Outcome]
+) -> AsyncIterator[Run]:
+    """Handshake, run ``body`` in the peer's thread, and close our stream at the end."""
+    peer_role: Role = "server" if trio_role == "client" else "client"
+    peer_context = pyopenssl_context(peer_role, env.tmp_path)
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(PEER_TIMEOUT)
+
+    def run_peer() -> None:
+        with theirs:
+            conn = SSL.Connection(peer_context, None)
+            if peer_role == "server":
+                conn.set_accept_state()
+            else:
+                conn.set_tlsext_host_name(HOSTNAME.encode("ascii"))
+                conn.set_connect_state()
+            peer = Peer(conn, theirs)
+            peer.call(conn.do_handshake)
+            peer.random_before = conn.client_random()
+            run.results.append(body(peer))
+
+    with ours, theirs, trio.fail_after(TRIO_TIMEOUT):
+        stream = MemoryBIOStream(
+            env.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(ours))),
+            trio_context(trio_role),
+            server_side=trio_role == "server",
+            server_hostname=HOSTNAME if trio_role == "client" else None,
+        )
+        run = Run(stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, run_peer)
+            try:
+                await stream.do_handshake()
+                run.before = tls_unique(stream)
+                yield run
+                run.after = tls_unique(stream)
+                await stream.aclose()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    ours.shutdown(socket.SHUT_RDWR)  # unblock the thread now
+                raise
+
+
+async def receive_exactly(stream: Stream, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        data = await stream.receive_some()
+        assert data, f"EOF after {len(received)} of {size} bytes"
+        received += data
+    return bytes(received)
+
+
+async def send_payload(stream: Stream) -> None:
+    for start in range(0, TOTAL, PIECE):
+        await stream.send_all(PAYLOAD[start : start + PIECE])
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+async def test_server_renegotiates_during_full_duplex_echo(env: Env, paths: Paths) -> None:
+    """Scenario 1: our client sends and receives in two tasks; the server renegotiates."""
+
+    def echo_server(peer: Peer) -> Outcome:
+        echoed = bytearray()
+        while len(echoed) < TOTAL:
+            data = peer.recv()
+            assert data, "client closed early"
+            peer.send(data)
+            crossed = (len(echoed) + len(data)) // RENEGOTIATE_AT > len(echoed) // RENEGOTIATE_AT
+            finishing = len(echoed) + len(data) >= TOTAL  # we are about to close
+            if crossed and not finishing and not peer.conn.renegotiate_pending():
+                peer.start_renegotiation()  # a HelloRequest, mid-stream both ways
+            echoed += data
+        assert peer.recv() == b""  # our close_notify
+        return peer.outcome(bytes(echoed))
+
+    async with (
+        pyopenssl_peer("client", env, echo_server) as run,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(send_payload, run.stream)  # send and receive at once
+        assert await receive_exactly(run.stream, TOTAL) == PAYLOAD
+    run.assert_renegotiated()
+    assert paths.send_must_receive >= 1
+    assert paths.receive_must_send >= 1  # the ClientHello answering a HelloRequest
+
+
+async def test_client_renegotiates_against_our_echo_server(env: Env, paths: Paths) -> None:
+    """Scenario 2: ClientHellos arrive mid-stream at our server, behind data it echoes."""
+
+    def client(peer: Peer) -> Outcome:
+        echoed = bytearray()
+        for start in range(0, TOTAL, PIECE):
+            piece = PAYLOAD[start : start + PIECE]
+            if start and start % RENEGOTIATE_AT == 0:
+                # The piece and the ClientHello behind it go out in one write,
+                # so our server reads both at once; its echo of the piece then
+                # waits for the rest of the handshake (a send that must
+                # receive) unless its receive task finishes the handshake
+                # first. Driven from SSL_read: only there does OpenSSL accept
+                # application data before the ServerHello.
+                peer.conn.sendall(piece)
+                peer.start_renegotiation()
+            else:
+                peer.send(piece)
+            echoed += peer.recv_exactly(len(piece))
+        peer.call(peer.conn.shutdown)
+        assert peer.recv() == b""  # our close_notify
+        return peer.outcome(bytes(echoed))
+
+    async with pyopenssl_peer("server", env, client) as run:
+        send_channel, receive_channel = trio.open_memory_channel[bytes](4)
+
+        async def receive() -> None:
+            async with send_channel:
+                while data := await run.stream.receive_some():
+                    await send_channel.send(bytes(data))
+
+        async with trio.open_nursery() as nursery, receive_channel:
+            nursery.start_soon(receive)
+            async for data in receive_channel:
+                await run.stream.send_all(data)
+    renegotiations = TOTAL // RENEGOTIATE_AT - 1
+    assert run.assert_renegotiated().total_renegotiations == renegotiations
+    # Every ClientHello is answered by ServerHello..ServerHelloDone. The echo
+    # had to wait in 2 to 7 of the 7 renegotiations (20 runs observed).
+    assert paths.receive_must_send >= renegotiations
+    assert paths.send_must_receive >= 1
+
+
+async def test_server_renegotiates_while_we_only_receive(env: Env, paths: Paths) -> None:
+    """Scenario 3: no sends at all, so receive_some must send the handshake replies."""
+
+    def server(peer: Peer) -> Outcome:
+        peer.send(PAYLOAD[:RENEGOTIATE_AT])
+        peer.start_renegotiation()
+        peer.send(PAYLOAD[RENEGOTIATE_AT : 2 * RENEGOTIATE_AT])  # while it is pending
+        peer.finish_renegotiation()
+        peer.send(PAYLOAD[2 * RENEGOTIATE_AT :])
+        assert peer.recv() == b""  # our close_notify
+        return peer.outcome(PAYLOAD)
+
+    async with pyopenssl_peer("client", env, server) as run:
+        assert await receive_exactly(run.stream, TOTAL) == PAYLOAD
+    run.assert_renegotiated()
+    # The ClientHello, then ClientKeyExchange..Finished, all sent by receive_some.
+    assert paths.receive_must_send >= 2
+    assert paths.send_must_receive == 0
+
+
+async def test_server_renegotiates_while_we_only_send(env: Env) -> None:
+    """Scenario 4: the server sends a HelloRequest, then only reads; we only send.
+
+    Observed (OpenSSL 3.0 on our side): SSL_write never reads, so our client
+    never sees the HelloRequest and nothing is renegotiated (the server's
+    renegotiate_pending() stays True, our tls-unique is unchanged). TLS 1.2
+    allows ignoring a HelloRequest; what matters is that every byte arrives.
+    """
+
+    def server(peer: Peer) -> Outcome:
+        peer.start_renegotiation()
+        received = peer.recv_exactly(TOTAL)
+        assert peer.recv() == b""  # our close_notify
+        return peer.outcome(received)
+
+    async with pyopenssl_peer("client", env, server) as run:
+        await send_payload(run.stream)
+    result = run.results[0]
+    assert result.data == PAYLOAD
+    assert result.total_renegotiations == 1  # the HelloRequest was sent...
+    assert result.pending == (run.before == run.after)  # ...answered iff we renegotiated
+
+
+async def test_send_must_receive_past_application_data(env: Env, paths: Paths) -> None:
+    """A send that must receive while application data precedes the handshake reply.
+
+    After a HelloRequest a TLS 1.2 server may go on sending data until it reads
+    our ClientHello. receive_some(100) answers the HelloRequest and returns
+    record A; record B then sits in front of the ServerHello and nobody is
+    receiving. send_all must get past B to finish the handshake, and B must
+    still be delivered afterwards.
+    """
+    a, b, ours = b"A" * 100, b"B" * 100, b"after the HelloRequest"
+
+    def server(peer: Peer) -> Outcome:
+        peer.start_renegotiation()
+        peer.send(a)
+        peer.send(b)  # a second record, sent before the server sees a ClientHello
+        received = peer.recv_exactly(len(ours))
+        peer.send(received)
+        assert peer.recv() == b""  # our close_notify
+        return peer.outcome(received)
+
+    async with pyopenssl_peer("client", env, server) as run:
+        assert await run.stream.receive_some(len(a)) == a
+        await run.stream.send_all(ours)
+        assert await receive_exactly(run.stream, len(b + ours)) == b + ours
+    run.assert_renegotiated(data=ours)
+    assert paths.send_must_receive >= 1
