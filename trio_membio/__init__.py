@@ -6,6 +6,7 @@ from ._engine import TLSEngine as TLSEngine
 from ._engine import TLSTruncationError as TLSTruncationError
 from ._errors import HalfCloseNotSupportedError as HalfCloseNotSupportedError
 from ._errors import NeedHandshakeError as NeedHandshakeError
+from ._errors import UnreadDataError as UnreadDataError
 from ._highlevel import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 from ._highlevel import default_client_context as default_client_context
 from ._highlevel import open_tls_over_tcp_listeners as open_tls_over_tcp_listeners
@@ -35,6 +36,7 @@ __all__ = [
     "TLSTruncationError",
     "TraceCallback",
     "TraceEvent",
+    "UnreadDataError",
     "default_client_context",
     "log_trace_event",
     "open_tls_over_tcp_listeners",

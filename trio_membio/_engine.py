@@ -263,12 +263,14 @@ class TLSEngine:
                 with is waiting in :meth:`data_to_send`.
             RuntimeError: the handshake has not been run (rule 1).
         """
-        if self._failure is not None or not self._handshake_complete:
-            self._check_ready_for_data()
         unread = self._unread_plaintext
         if unread:
+            # Authentic plaintext decrypted earlier goes out first, even when
+            # a later record failed (rules 6 and 7).
             self._unread_plaintext = unread[max_bytes:]
             return unread[:max_bytes]
+        if self._failure is not None or not self._handshake_complete:
+            self._check_ready_for_data()
         if self._close_notify_received:
             return b""
         ssl_object = self.ssl_object
@@ -351,6 +353,7 @@ class TLSEngine:
             self._release_held_output()
         if self._renegotiation_possible and self._incoming.pending:
             self._set_aside_application_data()
+            self._raise_if_failed()
         try:
             written: int = self.ssl_object.write(data)
         except ssl.SSLWantReadError:
@@ -421,6 +424,13 @@ class TLSEngine:
         """
         self._check_ready_for_data()
         self._release_held_output()
+        if not self._close_notify_received and (
+            self._incoming.pending or self.ssl_object.pending()
+        ):
+            # SSL_shutdown fails on application data ahead of the peer's
+            # close_notify; read it out first, for buffered_plaintext.
+            self._set_aside_application_data()
+            self._raise_if_failed()
         try:
             self.ssl_object.unwrap()
         except ssl.SSLWantReadError:
@@ -435,6 +445,33 @@ class TLSEngine:
         self._close_notify_sent = True
         self._close_notify_received = True
         return True
+
+    @property
+    def buffered_plaintext(self) -> int:
+        """Plaintext decrypted ahead of time and not yet returned by read()."""
+        return len(self._unread_plaintext)
+
+    def put_back(self, plaintext: bytes) -> None:
+        """Return plaintext from :meth:`read` to the engine, to be read again first.
+
+        For a caller that took data out but could not hand it on (its task
+        was cancelled before returning it, say): nothing is lost.
+        """
+        if plaintext:
+            self._unread_plaintext = plaintext + self._unread_plaintext
+
+    def abandon_write(self) -> None:
+        """Forget a write that returned None, to write different data instead.
+
+        A write that returned None consumed nothing (OpenSSL stopped in the
+        handshake before taking any of it), so this is safe; rule 2 only
+        stops a retry with *different* bytes by mistake.
+        """
+        self._pending_write = None
+
+    def release_held_output(self) -> None:
+        """Queue held TLS 1.3 session tickets now (rule 5), e.g. before closing."""
+        self._release_held_output()
 
     def take_trailing_data(self) -> bytes:
         """Take the received bytes that come after the TLS data (after unwrap)."""

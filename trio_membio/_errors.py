@@ -6,7 +6,12 @@ import ssl
 
 import trio
 
-__all__ = ["HalfCloseNotSupportedError", "NeedHandshakeError", "describe_tls_error"]
+__all__ = [
+    "HalfCloseNotSupportedError",
+    "NeedHandshakeError",
+    "UnreadDataError",
+    "describe_tls_error",
+]
 
 # Reused so that code written against trio.SSLStream catches the same class.
 NeedHandshakeError = trio.NeedHandshakeError
@@ -19,6 +24,14 @@ class HalfCloseNotSupportedError(RuntimeError):
     peer must answer with its own and stop), so a TLS half-close is only
     possible on TLS 1.3. Use ``aclose()`` instead, or require TLS 1.3 with
     ``ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3``.
+    """
+
+
+class UnreadDataError(RuntimeError):
+    """unwrap() found application data from the peer that was never received.
+
+    The data is kept: receive it with ``receive_some()`` until that returns
+    ``b""``, then call ``unwrap()`` again.
     """
 
 

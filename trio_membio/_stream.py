@@ -50,6 +50,7 @@ They share one engine and one transport, so the rules are:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import ssl
@@ -60,7 +61,12 @@ import trio
 
 from ._conflict import ConflictDetector
 from ._engine import TLSEngine, TLSTruncationError
-from ._errors import HalfCloseNotSupportedError, NeedHandshakeError, describe_tls_error
+from ._errors import (
+    HalfCloseNotSupportedError,
+    NeedHandshakeError,
+    UnreadDataError,
+    describe_tls_error,
+)
 from ._socket_fast_path import fast_path_for
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
@@ -78,6 +84,12 @@ PLAINTEXT_CHUNK: Final = 65536
 SEND_WINDOW: Final = 262144
 #: Seconds a fatal alert or an aclose() close_notify may take to be sent.
 ALERT_TIMEOUT: Final = 1.0
+#: When the socket takes every chunk at once, send_all() still yields to
+#: other tasks (and lets cancellation in) after this much plaintext.
+YIELD_EVERY: Final = 262144
+#: How much application data a write waiting on a TLS 1.2 renegotiation may
+#: set aside before it waits for receive_some() to take it.
+SET_ASIDE_LIMIT: Final = 1048576
 
 _TLS_1_3: Final = "TLSv1.3"
 
@@ -174,8 +186,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         # (message, cause) when only the sending direction is unusable.
         self._send_broken: tuple[str, BaseException | None] | None = None
         self._eof_sent = False
-        # engine.handshake_complete, cached for the hot paths.
+        # engine.handshake_complete (with its final flight sent), cached for
+        # the hot paths.
         self._handshook = False
+        # Handshake ciphertext is waiting in the outgoing BIO.
+        self._handshake_output_queued = False
         self._sending = False
         self._receiving = False
         self._receive_count = 0
@@ -333,7 +348,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         """
         self._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._engine.handshake_complete:
+        if self._handshook:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._ensure_handshake()
@@ -342,18 +357,28 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         """Make sure the handshake has finished; always yields at least once."""
         engine = self._engine
         yielded = False
-        while not engine.handshake_complete:
+        while True:
             self._check_usable()
             if self._handshake_driven:
+                # Even if the engine has finished, the driver may still be
+                # writing the final flight: wait for its outcome.
                 await self._wait_for_change()
                 yielded = True
                 continue
+            if engine.handshake_complete:
+                # A final flight still queued (its driver was cancelled while
+                # waiting for the send lane) goes out with the next send.
+                break
             self._handshake_driven = True
             try:
                 yielded = await self._drive_handshake() or yielded
             finally:
                 self._handshake_driven = False
                 self._notify_change()
+        # The engine may have finished while its final flight was cut short
+        # by a cancelled driver: that breaks the stream for every waiter too.
+        self._check_usable()
+        self._handshook = True
         if not yielded:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -368,10 +393,12 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             except ssl.SSLError as exc:
                 await self._fail(exc, "TLS handshake failed")
             if engine.bytes_to_send:
-                yielded = await self._send_queued(during_handshake=True) or yielded
+                # Until these bytes are out, a half-written send breaks the
+                # whole stream, whoever is sending (see _send_queued_holding_lane).
+                self._handshake_output_queued = True
+                yielded = await self._send_queued() or yielded
             if finished:
                 self._handshake_finished = trio.current_time()
-                self._handshook = True
                 return yielded
             yielded = await self._receive_ciphertext() or yielded
 
@@ -399,7 +426,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             ValueError: ``max_bytes`` is less than 1.
         """
         with self._receive_conflict:
-            if self._closed or self._broken is not None:
+            if self._closed or (self._broken is not None and not self._engine.buffered_plaintext):
+                # Plaintext decrypted before a failure is still authentic: it
+                # is handed out before the failure is reported.
                 self._check_usable()
             if max_bytes is None:
                 max_bytes = DEFAULT_RECEIVE_SIZE
@@ -434,10 +463,24 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error while receiving")
                 if engine.bytes_to_send:
-                    yielded = await self._send_queued_if_free() or yielded
+                    # The read queued TLS output (a renegotiation or
+                    # post-handshake reply).
+                    if self._send_broken is not None or self._eof_sent:
+                        engine.data_to_send()  # it can never be sent (rule 5)
+                    elif not self._sending:
+                        # Keep the plaintext in the engine meanwhile: a
+                        # cancelled or failed send must not lose it.
+                        if data:
+                            engine.put_back(data)
+                        yielded = await self._send_output_of_receive() or yielded
+                        if data:
+                            continue
+                    # Otherwise the send lane's holder sends it (rule 2).
                 if data is not None:
                     if data:
                         self._plaintext_received += len(data)
+                        if self._changed is not None:
+                            self._notify_change()  # a writer may wait for room (rule 7)
                     else:
                         self._end(ConnectionEnd.CLOSE_NOTIFY)
                     if not yielded:
@@ -455,12 +498,13 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             await self._wait_for_change()
             if self._receive_count != count:
                 return True
+            self._check_usable()
         self._receiving = True
         try:
             try:
                 data, yielded = await self._transport_receive(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._raise_transport_error(exc, "receiving")
+                self._raise_transport_error(exc, sending=False)
             if data:
                 self._ciphertext_received += len(data)
                 self._engine.receive_data(data)
@@ -522,6 +566,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             if view.itemsize != 1 or not view.c_contiguous:
                 view = view.cast("B")
             yielded = await self._acquire_send_lane()
+            lane_held = True
+            sent_since_yield = 0
             try:
                 while view:
                     chunk = view[:PLAINTEXT_CHUNK]
@@ -533,17 +579,58 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         # A TLS 1.2 renegotiation: the peer must answer first.
                         await self._send_queued_holding_lane()
                         self._release_send_lane()
-                        await self._receive_ciphertext()
-                        await self._acquire_send_lane()
+                        lane_held = False
+                        try:
+                            await self._wait_for_renegotiation()
+                            await self._acquire_send_lane()
+                        except BaseException:
+                            # None of this chunk was consumed: the stream is
+                            # intact, and the next send may carry other bytes.
+                            engine.abandon_write()
+                            raise
+                        lane_held = True
                         yielded = True
                         continue
                     view = view[written:]
                     self._plaintext_sent += written
-                    yielded = await self._send_queued_holding_lane() or yielded
+                    if await self._send_queued_holding_lane():
+                        yielded = True
+                        sent_since_yield = 0
+                    else:
+                        sent_since_yield += written
+                        if view and sent_since_yield >= YIELD_EVERY:
+                            # The socket took everything at once: let other
+                            # tasks run and cancellation in, as SocketStream does.
+                            sent_since_yield = 0
+                            await self._checkpoint_between_chunks()
+                            yielded = True
             finally:
-                self._release_send_lane()
+                if lane_held:
+                    self._release_send_lane()
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_for_renegotiation(self) -> None:
+        """Let the peer's renegotiation reply in, while a write waits for it.
+
+        Application data that arrives first is set aside in the engine for
+        receive_some() (engine rule 7). Past a limit, wait for the receiving
+        task to take it rather than read more: memory stays bounded even if
+        the peer floods us meanwhile.
+        """
+        if self._engine.buffered_plaintext >= SET_ASIDE_LIMIT:
+            await self._wait_for_change()
+        else:
+            await self._receive_ciphertext()
+
+    async def _checkpoint_between_chunks(self) -> None:
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            # Part of the caller's data went out: the same as a half-written send.
+            self._end(ConnectionEnd.CANCELLED)
+            self._send_broken = (_SEND_HALF_WRITTEN, None)
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can probably take more data.
@@ -564,8 +651,13 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 try:
                     await self._transport.wait_send_all_might_not_block()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._raise_transport_error(exc, "waiting to send")
+                    self._raise_transport_error(exc, sending=True)
                 await self._send_queued_holding_lane()
+            except BaseException:
+                # Other tasks may have queued ciphertext behind us, trusting
+                # the lane holder to send it (rule 2): do, before leaving.
+                await self._send_stranded_output()
+                raise
             finally:
                 self._release_send_lane()
 
@@ -594,7 +686,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             engine = self._engine
-            if not engine.handshake_complete:
+            if not self._handshook:
                 await self._ensure_handshake()
             version = engine.ssl_object.version()
             if version != _TLS_1_3:
@@ -616,12 +708,16 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _acquire_send_lane(self) -> bool:
-        """Take the send lane, waiting for it; return whether this yielded."""
+    async def _acquire_send_lane(self, *, closing: bool = False) -> bool:
+        """Take the send lane, waiting for it; return whether this yielded.
+
+        ``closing``: for our own close_notify, which may go out after
+        send_eof() or unwrap() has stopped ordinary sending.
+        """
         yielded = False
         while self._sending:
             await self._wait_for_change()
-            self._check_can_send()
+            self._check_sending_direction() if closing else self._check_can_send()
             yielded = True
         self._sending = True
         return yielded
@@ -631,38 +727,57 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         if self._changed is not None:
             self._notify_change()
 
-    async def _send_queued(self, *, during_handshake: bool = False) -> bool:
+    async def _send_queued(self, *, closing: bool = False) -> bool:
         """Send the engine's queued ciphertext, waiting for the send lane.
 
         Returns whether this task yielded to the scheduler.
         """
-        self._check_can_send()
-        yielded = await self._acquire_send_lane()
+        self._check_sending_direction() if closing else self._check_can_send()
+        yielded = await self._acquire_send_lane(closing=closing)
         try:
-            sent_yielded = await self._send_queued_holding_lane(during_handshake=during_handshake)
+            sent_yielded = await self._send_queued_holding_lane()
         finally:
             self._release_send_lane()
         return yielded or sent_yielded
 
-    async def _send_queued_if_free(self) -> bool:
-        """Send queued ciphertext unless another task holds the send lane.
+    async def _send_output_of_receive(self) -> bool:
+        """Send what a read queued; the send lane must be free.
 
-        The holder sends it (rule 2). Returns whether this task awaited.
+        A send that fails breaks only the sending direction: receiving goes
+        on, dropping output that can never be sent (rule 5). Returns whether
+        this task yielded.
         """
-        if self._send_broken is not None:
-            # It can never be sent; it was not needed to receive (rule 5).
-            self._engine.data_to_send()
-            return False
-        if self._sending:
-            return False
         self._sending = True
         try:
             return await self._send_queued_holding_lane()
+        except trio.BrokenResourceError:
+            if self._broken is not None:
+                raise
+            return True
         finally:
             self._release_send_lane()
 
-    async def _send_queued_holding_lane(self, *, during_handshake: bool = False) -> bool:
-        """Send everything queued; return whether this task yielded."""
+    async def _send_stranded_output(self) -> None:
+        """Before a lane holder leaves on an exception, send what others queued.
+
+        Shielded and bounded like an alert: it runs even while the holder is
+        being cancelled, and a deadline stops it from waiting on the peer.
+        """
+        if not self._engine.bytes_to_send or self._send_broken is not None or self._closed:
+            return
+        with (
+            trio.CancelScope(shield=True, deadline=trio.current_time() + ALERT_TIMEOUT),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await self._send_queued_holding_lane()
+
+    async def _send_queued_holding_lane(self) -> bool:
+        """Send everything queued; return whether this task yielded.
+
+        A send cut short leaves an unknown part of the ciphertext on the wire:
+        if handshake bytes were among it the whole stream is broken (the peer
+        can never finish the handshake), otherwise the sending direction.
+        """
         engine = self._engine
         send = self._transport_send
         yielded = False
@@ -673,15 +788,14 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 self._ciphertext_sent += len(chunk)
         except trio.Cancelled:
             self._end(ConnectionEnd.CANCELLED)
-            if during_handshake:
+            if self._handshake_output_queued:
                 self._broken = (_HANDSHAKE_HALF_WRITTEN, None)
             else:
                 self._send_broken = (_SEND_HALF_WRITTEN, None)
             raise
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if not self._closed:
-                self._send_broken = ("the transport failed while sending", exc)
-            self._raise_transport_error(exc, "sending")
+            self._raise_transport_error(exc, sending=True)
+        self._handshake_output_queued = False
         return yielded
 
     # ----------------------------------------------------------------- close
@@ -709,21 +823,25 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         engine = self._engine
         try:
             if (
-                not self._https_compatible
-                and self._broken is None
+                self._broken is None
                 and self._send_broken is None
                 and engine.failure is None
                 and engine.handshake_complete
-                and not engine.close_notify_sent
                 and not self._sending
             ):
                 self._sending = True
                 try:
-                    engine.send_close_notify()
-                    with trio.move_on_after(ALERT_TIMEOUT):
-                        close_notify = engine.data_to_send()
-                        await self._transport_send(close_notify)
-                        self._ciphertext_sent += len(close_notify)
+                    if self._https_compatible or engine.close_notify_sent:
+                        # No close_notify, but held session tickets still go
+                        # out (engine rule 5), so the client can resume.
+                        engine.release_held_output()
+                    else:
+                        engine.send_close_notify()
+                    if engine.bytes_to_send:
+                        with trio.move_on_after(ALERT_TIMEOUT):
+                            final_bytes = engine.data_to_send()
+                            await self._transport_send(final_bytes)
+                            self._ciphertext_sent += len(final_bytes)
                 except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer may already be gone; close_notify is a courtesy.
                     pass
@@ -758,7 +876,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             await trio.lowlevel.checkpoint_if_cancelled()
             engine = self._engine
             yielded = False
-            if not engine.handshake_complete:
+            if not self._handshook:
                 await self._ensure_handshake()
                 yielded = True
             while True:
@@ -773,11 +891,22 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     await self._fail(exc, _TRUNCATED)
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error during unwrap()")
+                self._eof_sent = True  # our close_notify is queued: no more sending
                 if engine.bytes_to_send:
-                    yielded = await self._send_queued() or yielded
+                    yielded = await self._send_queued(closing=True) or yielded
                 if finished:
                     break
                 yielded = await self._receive_ciphertext() or yielded
+            if engine.buffered_plaintext:
+                # The peer sent data before its close_notify that nobody
+                # received. Keep it readable rather than drop it.
+                if not yielded:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                raise UnreadDataError(
+                    f"the peer sent {engine.buffered_plaintext} bytes of data before its "
+                    "close_notify that were never received: call receive_some() until it "
+                    "returns b'', then unwrap() again"
+                )
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self._closed = True
@@ -797,7 +926,15 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     def _check_can_send(self) -> None:
         self._check_usable()
         if self._eof_sent:
-            raise trio.ClosedResourceError("send_eof() was called: this stream can no longer send")
+            raise trio.ClosedResourceError(
+                "send_eof() or unwrap() was called: this stream can no longer send"
+            )
+        broken = self._send_broken
+        if broken is not None:
+            raise trio.BrokenResourceError(broken[0]) from broken[1]
+
+    def _check_sending_direction(self) -> None:
+        self._check_usable()
         broken = self._send_broken
         if broken is not None:
             raise trio.BrokenResourceError(broken[0]) from broken[1]
@@ -816,12 +953,20 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             self._changed = None
             event.set()
 
-    def _raise_transport_error(self, exc: BaseException, doing: str) -> NoReturn:
+    def _raise_transport_error(self, exc: BaseException, *, sending: bool) -> NoReturn:
+        """Record a transport failure and raise it as BrokenResourceError.
+
+        A failed receive breaks the stream; a failed send breaks the sending
+        direction only, unless handshake bytes were in flight.
+        """
         if self._closed:
             raise trio.ClosedResourceError("this MemoryBIOStream was closed") from None
         self._end(ConnectionEnd.TRANSPORT_FAILED)
-        message = f"the transport failed while {doing}: {exc!r}"
-        if doing != "sending" and self._broken is None:
+        message = f"the transport failed while {'sending' if sending else 'receiving'}: {exc!r}"
+        if sending and not self._handshake_output_queued:
+            if self._send_broken is None:
+                self._send_broken = (message, exc)
+        elif self._broken is None:
             self._broken = (message, exc)
         raise trio.BrokenResourceError(message) from exc
 
