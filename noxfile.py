@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typing`, `nox -s demo`."""
+"""Developer sessions: tests, lint, typing, demo, bench (`nox -s NAME`)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def typing(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and this file."""
     install(session, "lint")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks (benchmarks/README.md); options after --, e.g. -- --quick --json out.json."""
+    install(session, "bench")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session

@@ -1,0 +1,141 @@
+"""The benchmark suite runs (``--quick``) and writes complete JSON.
+
+These tests check the structure of the results only, never a timing: which
+implementation is faster is what the benchmarks are for, not a property the
+test suite can rely on (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+
+ALL = frozenset({"membio", "trio_ssl", "anyio", "asyncio", "blocking", "plain_trio", "pump"})
+#: Which implementations each workload must report (anyio: unless not installed).
+APPLIES: dict[str, frozenset[str]] = {
+    "bulk-tcp": ALL,
+    "bulk-tcp-2proc": ALL - {"pump"},
+    "bulk-memory": frozenset({"membio", "trio_ssl", "anyio", "plain_trio", "pump"}),
+    "ping-pong": ALL,
+    "handshake-full": ALL,
+    "handshake-resumed": frozenset({"membio", "trio_ssl", "blocking", "pump"}),
+    "idle-memory": frozenset({"membio", "trio_ssl", "anyio", "plain_trio"}),
+    "send-peak-1MiB": frozenset({"membio", "trio_ssl", "anyio"}),
+    "send-peak-64MiB": frozenset({"membio", "trio_ssl", "anyio"}),
+}
+
+
+def run_bench(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(output), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document: dict[str, Any] = json.loads(output.read_text())
+    return document, completed.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path]:
+    tmp_path = tmp_path_factory.mktemp("bench")
+    chart = tmp_path / "ratios.png"
+    document, stdout = run_bench(tmp_path, "--chart", str(chart))
+    return document, stdout, chart
+
+
+def check_numbers(entry: dict[str, Any], rounds: int) -> None:
+    assert len(entry["rounds"]) == rounds
+    assert all(value > 0 for value in entry["rounds"])
+    assert entry["min"] <= entry["median"] <= entry["max"]
+    ratio = entry["ratio"]
+    assert ratio is not None
+    assert len(ratio["rounds"]) == rounds
+    assert all(value > 0 for value in ratio["rounds"])
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
+
+
+def check_document(document: dict[str, Any], workloads: set[str]) -> None:
+    assert document["quick"] is True
+    rounds = document["rounds"]
+    assert rounds == 2
+    for name in ("python", "trio", "openssl", "trio_membio"):
+        assert document["versions"][name]
+    assert document["date"]
+    assert document["baseline"] == "trio_ssl"
+    assert set(document["implementations"]) == ALL
+    anyio_missing = "anyio" in document["unavailable"]
+    assert anyio_missing == (document["versions"]["anyio"] is None)
+
+    assert set(document["workloads"]) == workloads
+    for name, workload in document["workloads"].items():
+        results, skipped = workload["results"], workload["skipped"]
+        assert workload["unit"]
+        assert isinstance(workload["higher_is_better"], bool)
+        assert set(results) | set(skipped) == ALL, name
+        assert not set(results) & set(skipped), name
+        expected = APPLIES[name] - ({"anyio"} if anyio_missing else set())
+        assert set(results) == expected, name
+        for entry in results.values():
+            check_numbers(entry, rounds)
+        assert results["trio_ssl"]["ratio"]["rounds"] == [1.0] * rounds
+
+    # Every TLS implementation negotiated the same TLS 1.3 suite.
+    assert document["ciphers_equal"] is True
+    negotiated = document["negotiated"]
+    assert {"membio", "trio_ssl"} <= set(negotiated)
+    suites = {tuple(pair) for pairs in negotiated.values() for pair in pairs}
+    assert len(suites) == 1
+    ((cipher, version),) = suites
+    assert cipher.startswith("TLS_")
+    assert version == "TLSv1.3"
+
+
+def test_quick_run_reports_every_workload(quick_run: tuple[dict[str, Any], str, Path]) -> None:
+    document, stdout, _ = quick_run
+    check_document(document, set(APPLIES))
+    for name in APPLIES:
+        assert f"{name}: " in stdout
+    assert "total time:" in stdout
+
+
+def test_quick_run_writes_a_chart_or_says_why_not(
+    quick_run: tuple[dict[str, Any], str, Path],
+) -> None:
+    _, stdout, chart = quick_run
+    if "matplotlib is not installed" in stdout:
+        assert not chart.exists()
+    else:
+        assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_without_anyio_the_suite_reports_it_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocked" / "anyio"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("anyio blocked by the test")\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(blocker.parent), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    only = ["bulk-memory", "idle-memory", "handshake-resumed"]
+    document, stdout = run_bench(tmp_path, "--only", *only, env=env)
+    assert document["unavailable"] == {"anyio": "not installed"}
+    assert document["versions"]["anyio"] is None
+    check_document(document, set(only))
+    for name in ("bulk-memory", "idle-memory"):
+        assert document["workloads"][name]["skipped"]["anyio"] == "not installed"
+    assert "anyio" in stdout
