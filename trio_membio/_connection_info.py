@@ -1,0 +1,147 @@
+"""Typed information about a TLS connection, for MemoryBIOStream.
+
+What the handshake decided (version, cipher, ALPN, the peer's certificate,
+the session) is read straight from the ``ssl.SSLObject``, as typed methods
+and properties rather than ``__getattr__`` forwarding, so type checkers and
+readers see exactly what exists. Anything that only means something after the
+handshake raises :exc:`NeedHandshakeError` before it, as trio.SSLStream does.
+The byte counters behind :meth:`statistics` live here too; the stream's I/O
+code updates them.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Literal, overload
+
+from ._engine import TLSEngine
+from ._errors import NeedHandshakeError
+from ._statistics import ConnectionEnd, TLSStatistics
+
+__all__ = ["PeerCertificate", "TLSConnectionInfo"]
+
+#: The decoded form of a certificate, as :meth:`ssl.SSLSocket.getpeercert` returns it.
+PeerCertificate = dict[
+    str, str | tuple[tuple[tuple[str, str], ...], ...] | tuple[tuple[str, str], ...]
+]
+
+
+class TLSConnectionInfo:
+    """Connection information and statistics shared by every TLS stream here."""
+
+    def __init__(self, engine: TLSEngine, *, https_compatible: bool) -> None:
+        self._engine = engine
+        self._https_compatible = https_compatible
+        self._plaintext_sent = 0
+        self._plaintext_received = 0
+        self._ciphertext_sent = 0
+        self._ciphertext_received = 0
+        self._handshake_started: float | None = None
+        self._handshake_finished: float | None = None
+        self._ended: ConnectionEnd | None = None
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The :class:`ssl.SSLObject` doing the TLS work (for inspection)."""
+        return self._engine.ssl_object
+
+    @property
+    def server_side(self) -> bool:
+        """Whether this end is the TLS server."""
+        return self._engine.ssl_object.server_side
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The host name given for SNI and certificate checking, if any."""
+        return self._engine.ssl_object.server_hostname
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The :class:`ssl.SSLContext` this stream was created with."""
+        return self._engine.ssl_object.context
+
+    @property
+    def https_compatible(self) -> bool:
+        """Whether a missing close_notify is accepted (see the constructor)."""
+        return self._https_compatible
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session, to pass as ``session=`` to a later connection.
+
+        On TLS 1.3 the server sends the resumable session after the handshake,
+        so read it after the client has received some data. Setting it is
+        allowed before the handshake only.
+        """
+        return self._engine.ssl_object.session
+
+    @session.setter
+    def session(self, session: ssl.SSLSession | None) -> None:
+        self._engine.ssl_object.session = session
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        self._require_handshake("session_reused")
+        return self._engine.ssl_object.session_reused
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """The negotiated cipher as (name, protocol, secret bits)."""
+        self._require_handshake("cipher()")
+        return self._engine.ssl_object.cipher()
+
+    def version(self) -> str | None:
+        """The negotiated protocol version, such as ``"TLSv1.3"``."""
+        self._require_handshake("version()")
+        return self._engine.ssl_object.version()
+
+    def selected_alpn_protocol(self) -> str | None:
+        """The ALPN protocol both sides agreed on, or None."""
+        self._require_handshake("selected_alpn_protocol()")
+        return self._engine.ssl_object.selected_alpn_protocol()
+
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> PeerCertificate | None: ...
+
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+
+    @overload
+    def getpeercert(self, binary_form: bool) -> PeerCertificate | bytes | None: ...
+
+    def getpeercert(self, binary_form: bool = False) -> PeerCertificate | bytes | None:
+        """The peer's certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it.
+
+        A dict of its decoded fields (only when it was verified), or with
+        ``binary_form=True`` its DER bytes; None if the peer sent none.
+        """
+        self._require_handshake("getpeercert()")
+        return self._engine.ssl_object.getpeercert(binary_form)
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
+        """Channel binding data for ``cb_type`` (RFC 5929), or None."""
+        self._require_handshake("get_channel_binding()")
+        return self._engine.ssl_object.get_channel_binding(cb_type)
+
+    def statistics(self) -> TLSStatistics:
+        """Byte counts each way, handshake time, resumption and how it ended."""
+        started, finished = self._handshake_started, self._handshake_finished
+        return TLSStatistics(
+            plaintext_sent=self._plaintext_sent,
+            plaintext_received=self._plaintext_received,
+            ciphertext_sent=self._ciphertext_sent,
+            ciphertext_received=self._ciphertext_received,
+            handshake_duration=None if started is None or finished is None else finished - started,
+            session_reused=(
+                self._engine.ssl_object.session_reused if self._engine.handshake_complete else None
+            ),
+            ended=self._ended,
+        )
+
+    def _end(self, how: ConnectionEnd) -> None:
+        if self._ended is None:
+            self._ended = how
+
+    def _require_handshake(self, name: str) -> None:
+        if not self._engine.handshake_complete:
+            raise NeedHandshakeError(f"call do_handshake() before {name}")
