@@ -221,16 +221,17 @@ class TLSEngine:
         """Run the TLS handshake as far as the buffered ciphertext allows.
 
         Returns:
-            True once the handshake has finished (and on every call after),
+            True once the handshake has finished (and on every call after,
+            unless the engine has failed since: then it raises, rule 3),
             False when more ciphertext from the peer is needed.
 
         Raises:
             ssl.SSLError: the handshake failed; the fatal alert, if OpenSSL
                 made one, is waiting in :meth:`data_to_send`.
         """
+        self._raise_if_failed()
         if self._handshake_complete:
             return True
-        self._raise_if_failed()
         try:
             self.ssl_object.do_handshake()
         except ssl.SSLWantReadError:
@@ -379,6 +380,7 @@ class TLSEngine:
             ssl.SSLError: OpenSSL refused to shut down.
             RuntimeError: the handshake has not been run.
         """
+        self._raise_if_failed()
         if self._close_notify_sent:
             return
         self._check_ready_for_data()
