@@ -1,6 +1,10 @@
-"""Developer sessions: tests, lint, typing, demo, bench (`nox -s NAME`)."""
+"""Sessions (`nox -s NAME`): tests, lint, typing, demo, bench, docs, verifytypes, package."""
 
 from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
 
 import nox
 
@@ -49,3 +53,64 @@ def demo(session: nox.Session) -> None:
     """The main job."""
     install(session, "demo")
     session.run("python", "-m", "trio_membio", "demo")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The Sphinx site: warnings are errors, every reference is checked, no network needed."""
+    install(session, "docs")
+    session.run(
+        "sphinx-build",
+        "-W",
+        "-n",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session
+def verifytypes(session: nox.Session) -> None:
+    """pyright's type completeness report for the public API: it must say 100%."""
+    # Not editable: pyright cannot see through setuptools' editable-install
+    # import hook, and would find no package at all.
+    session.install(".[test]", "pyright>=1.1.400")
+    session.run("pyright", "--verifytypes", "trio_membio", "--ignoreexternal")
+
+
+#: Files the sdist must contain (checked by `package`).
+SDIST_FILES = (
+    "pyproject.toml",
+    "README.md",
+    "trio_membio/py.typed",
+    "trio_membio/testing/__init__.py",
+    "trio_membio/testing/strategies.py",
+)
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, then install the wheel in a fresh venv and run the demo."""
+    install(session, "test")
+    session.install("build>=1.2")
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist")
+    (sdist,) = Path("dist").glob("trio_membio-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        root = sdist.name.removesuffix(".tar.gz")
+        names = set(archive.getnames())
+    missing = [name for name in SDIST_FILES if f"{root}/{name}" not in names]
+    if missing:
+        session.error(f"{sdist.name} lacks {missing}")
+    (wheel,) = Path("dist").glob("trio_membio-*.whl")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/test_packaging.py",
+        *session.posargs,
+        env={"TRIO_MEMBIO_WHEEL": str(wheel.resolve())},
+    )

@@ -70,11 +70,11 @@ import trio
 
 try:
     import httpcore
-except ImportError as exc:  # pragma: no cover - tested with httpcore hidden
+except ImportError as _httpcore_missing:  # pragma: no cover - tested with httpcore hidden
     raise ImportError(
         "trio_membio.httpcore needs httpcore; install it with: pip install 'trio-membio[httpx]'",
         name=__name__,
-    ) from exc
+    ) from _httpcore_missing
 
 from ._stream import MemoryBIOStream
 from ._trace import TraceCallback

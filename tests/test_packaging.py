@@ -1,0 +1,178 @@
+"""The wheel, installed in a fresh virtual environment, works as the README says.
+
+One slow test builds the wheel from a copy of the working tree with pip (or
+takes the one named by ``TRIO_MEMBIO_WHEEL``, which ``nox -s package`` builds
+with ``python -m build``), checks what is inside it, installs it with its
+``demo`` extra into a new virtual environment made with ``python -m venv``,
+and there imports the package and runs ``python -m trio_membio demo``. Both
+pip steps need PyPI (for setuptools, trio and trustme).
+
+It runs in the normal test run. Set ``TRIO_MEMBIO_SKIP_PACKAGING=1`` to skip
+it, on a machine without access to PyPI, say; nothing else skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from email.parser import HeaderParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Seconds one pip, venv or demo step may take.
+STEP_TIMEOUT = 75
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("TRIO_MEMBIO_SKIP_PACKAGING") == "1",
+        reason="TRIO_MEMBIO_SKIP_PACKAGING=1",
+    ),
+]
+
+# Everything the wheel must ship: the public modules and the typing marker.
+REQUIRED_FILES = {
+    "trio_membio/__init__.py",
+    "trio_membio/__main__.py",
+    "trio_membio/py.typed",
+    "trio_membio/httpcore.py",
+    "trio_membio/testing/__init__.py",
+    "trio_membio/testing/strategies.py",
+}
+# Left out of the copy the wheel is built from: not sources, and some large.
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".nox",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    ".coverage*",
+    "_build",
+)
+
+
+def run(command: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a step; fail the test with its output if it fails."""
+    result = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} exited with {result.returncode}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+    return result
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """The wheel named by TRIO_MEMBIO_WHEEL, or one pip builds from a copy of the tree.
+
+    Building from a copy keeps setuptools' build/ and egg-info out of the
+    working tree.
+    """
+    given = os.environ.get("TRIO_MEMBIO_WHEEL")
+    if given:
+        return Path(given)
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
+    dist = tmp_path / "dist"
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, source], cwd=tmp_path)
+    (wheel,) = dist.glob("trio_membio-*.whl")
+    return wheel
+
+
+def check_contents(wheel: Path) -> None:
+    """The wheel ships the public modules, py.typed and the right metadata."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (metadata_name,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+        metadata = HeaderParser().parsestr(archive.read(metadata_name).decode())
+        (entry_points_name,) = [
+            name for name in names if name.endswith(".dist-info/entry_points.txt")
+        ]
+        entry_points = archive.read(entry_points_name).decode()
+    missing = REQUIRED_FILES - names
+    assert not missing, f"missing from {wheel.name}: {sorted(missing)}"
+    top_level = {name.split("/")[0] for name in names}
+    assert top_level == {"trio_membio", metadata_name.split("/")[0]}, top_level
+    assert metadata["Name"] == "trio-membio"
+    assert metadata["Requires-Python"] == ">=3.10"
+    extras = set(metadata.get_all("Provides-Extra") or [])
+    assert {"demo", "httpx", "test", "bench"} <= extras, extras
+    requirements = metadata.get_all("Requires-Dist") or []
+    assert any(requirement.startswith("trio") for requirement in requirements), requirements
+    assert "trio-membio = trio_membio._cli:run" in entry_points
+
+
+def test_the_wheel_installs_imports_and_runs_the_demo(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path)
+    check_contents(wheel)
+
+    environment = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", environment], cwd=tmp_path)
+    bin_dir = environment / ("Scripts" if os.name == "nt" else "bin")
+    python = bin_dir / "python"
+    run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{wheel}[demo]",
+        ],
+        cwd=tmp_path,
+    )
+
+    # -I: only the virtual environment's site-packages, never this checkout.
+    imported = run(
+        [
+            python,
+            "-I",
+            "-c",
+            "import trio_membio, trio_membio.testing; "
+            "print(trio_membio.__version__); print(trio_membio.__file__)",
+        ],
+        cwd=tmp_path,
+    )
+    version, location = imported.stdout.split()
+    assert version == wheel.name.split("-")[1]
+    assert Path(location).is_relative_to(environment), location
+
+    demo = run([python, "-I", "-m", "trio_membio", "demo"], cwd=tmp_path)
+    assert "protocol  TLSv1.3" in demo.stdout
+    assert "client  closed" in demo.stdout
+    assert demo.stderr == ""
+
+    # The console script is installed too.
+    run([bin_dir / "trio-membio", "--help"], cwd=tmp_path)
+
+    # Without their extras, the optional modules say what to install.
+    for module, extra in [
+        ("trio_membio.httpcore", "httpx"),
+        ("trio_membio.testing.strategies", "test"),
+    ]:
+        result = subprocess.run(
+            [str(python), "-I", "-c", f"import {module}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert f"pip install 'trio-membio[{extra}]'" in result.stderr
