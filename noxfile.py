@@ -1,4 +1,4 @@
-"""Sessions (`nox -s NAME`): tests, lint, typing, demo, bench, docs, verifytypes, package."""
+"""Sessions (`nox -s NAME`): tests, lint, typing, demo, bench, fuzz, docs, verifytypes, package."""
 
 from __future__ import annotations
 
@@ -46,6 +46,27 @@ def bench(session: nox.Session) -> None:
     """The benchmarks (benchmarks/README.md); options after --, e.g. -- --quick --json out.json."""
     install(session, "bench")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Hypothesis campaigns: every property with 10,000 examples (tests/conftest.py "fuzz").
+
+    Prints the example counts; failures are saved to .hypothesis/ and replayed
+    first on the next run. Pass pytest options after --, e.g. -- -k fragmentation.
+    """
+    install(session, "test")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/test_properties.py",
+        "tests/test_engine_state_machine.py",
+        "--hypothesis-show-statistics",
+        "-q",
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "fuzz"},
+    )
 
 
 @nox.session

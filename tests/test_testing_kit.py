@@ -1,0 +1,577 @@
+"""The public test kit, trio_membio.testing: each fault, the pairs, schedules, strategies."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_membio import TLSEngine
+from trio_membio.testing import (
+    DEFAULT_HOSTNAME,
+    CancelPoint,
+    Corruption,
+    FaultPlan,
+    FaultyStream,
+    Outcome,
+    Pause,
+    TaskSchedule,
+    TLSStreamPair,
+    handshake,
+    lockstep_tls_stream_pair,
+    memory_tls_stream_pair,
+    random_chunks,
+    throwaway_contexts,
+    tls_engine_pair,
+)
+from trio_membio.testing.strategies import (
+    cancel_points,
+    chunkings,
+    corruptions,
+    delays,
+    fault_plans,
+    messages,
+    task_schedules,
+    tls_versions,
+)
+
+
+def faulty_pair(
+    first: FaultPlan | None = None, second: FaultPlan | None = None, *, lockstep: bool = False
+) -> tuple[FaultyStream, FaultyStream]:
+    a, b = trio.testing.lockstep_stream_pair() if lockstep else trio.testing.memory_stream_pair()
+    return FaultyStream(a, first), FaultyStream(b, second)
+
+
+async def receive_all(stream: trio.abc.ReceiveStream, max_bytes: int | None = None) -> bytes:
+    received = bytearray()
+    while data := await stream.receive_some(max_bytes):
+        received += data
+    return bytes(received)
+
+
+# ---------------------------------------------------------------- FaultyStream
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        FaultPlan(),
+        # trio's checks move about a megabyte, so the chunks are not tiny.
+        FaultPlan(send_chunks=(997, 4096), receive_chunks=(1500, 1)),
+        FaultPlan(send_delays=(0.1, 0), receive_delays=(0.2,), send_chunks=(8192,)),
+    ],
+    ids=["transparent", "chunked", "delayed"],
+)
+async def test_faulty_stream_keeps_the_stream_contract(
+    plan: FaultPlan, autojump_clock: trio.abc.Clock
+) -> None:
+    async def memory_pair() -> tuple[FaultyStream, FaultyStream]:
+        return faulty_pair(plan, plan)
+
+    async def lockstep_pair() -> tuple[FaultyStream, FaultyStream]:
+        return faulty_pair(plan, plan, lockstep=True)
+
+    await trio.testing.check_half_closeable_stream(memory_pair, lockstep_pair)
+
+
+async def test_chunks_cap_receives_and_split_sends() -> None:
+    sender, receiver = faulty_pair(FaultPlan(send_chunks=(3,)), FaultPlan(receive_chunks=(2, 5)))
+    await sender.send_all(b"0123456789")
+    assert [record.nbytes for record in sender.operations] == [10]
+    sizes = [len(await receiver.receive_some()) for _ in range(4)]
+    assert sizes == [2, 5, 2, 1]
+    assert receiver.bytes_received == 10
+    assert [record.kind for record in receiver.operations] == ["receive"] * 4
+    assert all(record.outcome is Outcome.OK for record in receiver.operations)
+
+
+async def test_delays_take_virtual_time(autojump_clock: trio.abc.Clock) -> None:
+    sender, receiver = faulty_pair(FaultPlan(send_chunks=(1,), send_delays=(0.5, 1.0)))
+    start = trio.current_time()
+    await sender.send_all(b"abc")  # 0.5 + 1.0 + 0.5
+    assert trio.current_time() - start == pytest.approx(2.0)
+    assert await receiver.receive_some() == b"abc"
+
+
+async def test_a_cancelled_delayed_receive_loses_nothing(autojump_clock: trio.abc.Clock) -> None:
+    sender, receiver = faulty_pair(None, FaultPlan(receive_delays=(10,)))
+    await sender.send_all(b"kept")
+    with trio.move_on_after(1):
+        await receiver.receive_some()
+    assert receiver.operations[-1].outcome is Outcome.CANCELLED
+    assert await receiver.receive_some() == b"kept"
+
+
+async def test_corruption_on_both_sides() -> None:
+    sender, receiver = faulty_pair(
+        FaultPlan(send_chunks=(2,), corrupt_sent=(Corruption(1, xor=0xFF), Corruption(4))),
+        FaultPlan(corrupt_received=(Corruption(0, value=ord("Z")),)),
+    )
+    await sender.send_all(b"\x00\x00abcd")
+    assert await receiver.receive_some() == b"Z\xffabbd"  # 0 replaced, 1 flipped, 4 xor 1
+    assert sender.faults == ["sent byte 1: 0x00 -> 0xff", "sent byte 4: 0x63 -> 0x62"]
+    assert receiver.faults == ["received byte 0: 0x00 -> 0x5a"]
+
+
+async def test_install_counts_from_now() -> None:
+    sender, receiver = faulty_pair()
+    await sender.send_all(b"before")
+    sender.install(FaultPlan(corrupt_sent=(Corruption(0),), raise_at_operation=1))
+    assert sender.sent_since_install == 0
+    await sender.send_all(b"a")
+    with pytest.raises(trio.BrokenResourceError, match="injected fault: operation 1"):
+        await sender.send_all(b"b")
+    await sender.send_all(b"c")  # an injected error happens once
+    assert await receiver.receive_some() == b"before`c"
+    assert sender.operations[2].outcome is Outcome.INJECTED
+    assert sender.bytes_sent == 8
+
+
+async def test_end_of_sent_stream_at_byte_k() -> None:
+    sender, receiver = faulty_pair(FaultPlan(eof_sent_at=5, send_chunks=(3,)))
+    await sender.send_all(b"0123456789")
+    assert sender.send_ended
+    assert await receive_all(receiver) == b"01234"
+    await sender.send_all(b"more")  # dropped silently, as by a cut connection
+    assert sender.bytes_dropped == 9
+    await sender.send_eof()  # already ended: nothing to do
+    with pytest.raises(trio.ClosedResourceError):
+        await sender.send_all(b"after send_eof")
+
+
+async def test_end_of_sent_stream_at_zero_and_at_a_boundary() -> None:
+    sender, receiver = faulty_pair(FaultPlan(eof_sent_at=0))
+    await sender.send_all(b"x")
+    assert await receiver.receive_some() == b""
+    sender, receiver = faulty_pair(FaultPlan(eof_sent_at=3))
+    await sender.send_all(b"abc")  # exactly up to the cut: the end follows at once
+    assert sender.bytes_dropped == 0
+    assert await receive_all(receiver) == b"abc"
+
+
+async def test_end_of_received_stream_at_byte_k() -> None:
+    sender, receiver = faulty_pair(None, FaultPlan(eof_received_at=4))
+    await sender.send_all(b"0123456789")
+    assert await receive_all(receiver) == b"0123"
+    assert await receiver.receive_some() == b""
+    assert receiver.faults == ["received stream ended at byte 4"]
+
+
+def test_eof_sent_needs_a_half_closeable_stream() -> None:
+    send_stream, _ = trio.testing.memory_stream_one_way_pair()
+    one_way = trio.StapledStream(send_stream, trio.testing.MemoryReceiveStream())
+    assert isinstance(one_way, trio.abc.HalfCloseableStream)  # StapledStream always is
+    plain = trio.testing.MemoryReceiveStream()
+    with pytest.raises(TypeError, match="send_eof"):
+        FaultyStream(plain, FaultPlan(eof_sent_at=1))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("direction", ["sent", "received"])
+async def test_a_hung_direction_blocks_until_cancelled_or_closed(
+    direction: str, autojump_clock: trio.abc.Clock
+) -> None:
+    if direction == "sent":
+        stream, peer = faulty_pair(FaultPlan(hang_sent_at=2))
+    else:
+        peer, stream = faulty_pair(None, FaultPlan(hang_received_at=2))
+
+    async def operate() -> bytes | bytearray:
+        if direction == "sent":
+            await stream.send_all(b"abcd")
+            return b""
+        return await stream.receive_some()
+
+    if direction == "received":
+        await peer.send_all(b"abcd")
+        assert await stream.receive_some() == b"ab"  # up to the hang
+    with trio.move_on_after(5) as scope:
+        await operate()
+    assert scope.cancelled_caught
+    if direction == "sent":
+        assert await peer.receive_some() == b"ab"
+    with trio.move_on_after(5) as scope:
+        await operate()  # still hung
+    assert scope.cancelled_caught
+
+    async def close_soon() -> None:
+        await trio.sleep(1)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close_soon)
+        with pytest.raises(trio.ClosedResourceError):
+            await operate()
+    assert stream.closed
+
+
+async def test_hang_at_one_operation(autojump_clock: trio.abc.Clock) -> None:
+    sender, receiver = faulty_pair(FaultPlan(hang_at_operation=1))
+    await sender.send_all(b"a")
+    with trio.move_on_after(3):
+        await sender.send_all(b"b")
+    assert sender.operations[1].outcome is Outcome.CANCELLED
+    await sender.send_all(b"c")  # only that operation hangs
+    assert await receiver.receive_some() == b"ac"
+
+
+async def test_raise_a_chosen_exception() -> None:
+    stream, _ = faulty_pair(FaultPlan(raise_at_operation=0, error=ConnectionResetError))
+    with pytest.raises(ConnectionResetError, match="operation 0"):
+        await stream.receive_some()
+    assert stream.faults == ["raised ConnectionResetError at operation 0 (receive)"]
+
+
+async def test_cancel_at_an_operation() -> None:
+    sender, receiver = faulty_pair()
+    with trio.CancelScope() as scope:
+        sender.cancel_at(scope, operations_from_now=1)
+        await sender.send_all(b"first")
+        await sender.send_all(b"second")  # cancelled before any byte moves
+    assert scope.cancelled_caught
+    assert [record.outcome for record in sender.operations] == [Outcome.OK, Outcome.CANCELLED]
+    assert await receiver.receive_some() == b"first"
+    with pytest.raises(ValueError, match="at least 0"):
+        sender.cancel_at(scope, -1)
+
+
+async def test_cancel_at_stops_before_the_wrapped_stream(autojump_clock: trio.abc.Clock) -> None:
+    # trio's lockstep streams take the data before their first checkpoint.
+    sender, receiver = faulty_pair(lockstep=True)
+    with trio.CancelScope() as scope:
+        sender.cancel_at(scope)
+        await sender.send_all(b"lost")
+    assert scope.cancelled_caught
+    with trio.move_on_after(1) as waited:
+        await receiver.receive_some()
+    assert waited.cancelled_caught, "the cancelled send reached the peer"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.send_all, b"next")
+        assert await receiver.receive_some() == b"next"
+
+
+async def test_conflicts_are_detected() -> None:
+    stream, _ = faulty_pair(None, None, lockstep=True)
+    with pytest.RaisesGroup(trio.BusyResourceError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, b"x")
+            nursery.start_soon(stream.send_all, b"y")
+
+
+async def test_closed_stream_raises_closed() -> None:
+    stream, _ = faulty_pair()
+    await stream.aclose()
+    await stream.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.send_all(b"x")
+    assert stream.operations[-1].outcome is Outcome.FAILED
+    assert stream.faults == ["closed"]
+
+
+def test_plan_validation() -> None:
+    assert FaultPlan().is_transparent
+    assert FaultPlan(error=OSError).is_transparent
+    assert not FaultPlan(receive_chunks=(1,)).is_transparent
+    for bad in (
+        {"send_chunks": (0,)},
+        {"receive_delays": (-1.0,)},
+        {"eof_sent_at": -1},
+        {"raise_at_operation": -2},
+    ):
+        with pytest.raises(ValueError, match="FaultPlan"):
+            FaultPlan(**bad)
+    for corruption in ({"offset": -1}, {"offset": 0, "xor": 0}, {"offset": 0, "value": 256}):
+        with pytest.raises(ValueError, match="Corruption"):
+            Corruption(**corruption)
+    assert Corruption(0, value=7).apply(9) == 7
+    assert Corruption(0, xor=3).apply(1) == 2
+
+
+def test_random_chunks_are_seeded() -> None:
+    assert random_chunks(7) == random_chunks(7)
+    assert random_chunks(7) != random_chunks(8)
+    sizes = random_chunks(1, count=100, min_size=3, max_size=9)
+    assert len(sizes) == 100
+    assert min(sizes) >= 3
+    assert max(sizes) <= 9
+    with pytest.raises(ValueError, match="min_size"):
+        random_chunks(1, min_size=0)
+
+
+# ------------------------------------------------------------------- pairs
+
+
+@pytest.mark.parametrize("factory", [memory_tls_stream_pair, lockstep_tls_stream_pair])
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+async def test_pairs_handshake_and_talk(factory: type[TLSStreamPair], version: str) -> None:
+    client, server = factory(tls_version=version, alpn_protocols=["echo/1"])  # type: ignore[call-arg]
+    await handshake(client, server)
+    assert client.version() == f"TLSv{version}"
+    assert server.selected_alpn_protocol() == "echo/1"
+    assert client.server_hostname == DEFAULT_HOSTNAME
+    assert isinstance(client.transport_stream, FaultyStream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"hello")
+        assert await server.receive_some() == b"hello"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.aclose)
+        assert await server.receive_some() == b""
+    await server.aclose()
+
+
+async def test_pair_with_faults_and_https_compatible(autojump_clock: trio.abc.Clock) -> None:
+    client, server = memory_tls_stream_pair(
+        https_compatible=True,
+        client_faults=FaultPlan(receive_chunks=(7,), send_delays=(0.25,)),
+        server_faults=FaultPlan(send_chunks=(11,)),
+    )
+    assert client.https_compatible
+    assert server.https_compatible
+    await handshake(client, server)
+    assert trio.current_time() > 0
+    await server.send_all(b"x" * 1000)
+    assert await client.receive_some() == b"x" * 1000
+    receives = [
+        record.nbytes for record in client.transport_stream.operations if record.kind == "receive"
+    ]
+    assert max(receives) == 7  # the ciphertext came 7 bytes at a time
+    await server.transport_stream.aclose()  # no close_notify: fine in HTTPS mode
+    while await client.receive_some():
+        pass
+    await client.aclose()
+
+
+async def test_pairs_take_contexts_and_reject_contradictions() -> None:
+    client_context, server_context = throwaway_contexts(hostname="other.example")
+    client, server = memory_tls_stream_pair(
+        client_context=client_context,
+        server_context=server_context,
+        server_hostname="other.example",
+    )
+    await handshake(client, server)
+    assert client.context is client_context
+    await client.aclose()
+    await server.aclose()
+    with pytest.raises(ValueError, match="tls_version"):
+        memory_tls_stream_pair(
+            client_context=client_context, server_context=server_context, tls_version="1.2"
+        )
+    with pytest.raises(ValueError, match="tls_version must be"):
+        throwaway_contexts(tls_version="1.1")  # type: ignore[arg-type]
+
+
+async def test_handshake_raises_the_first_failure_not_a_group() -> None:
+    untrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts no CA at all
+    client, server = memory_tls_stream_pair(client_context=untrusting)
+    with pytest.raises(trio.BrokenResourceError) as info:
+        await handshake(client, server)
+    assert isinstance(info.value.__cause__, ssl.SSLError)
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_handshake_can_be_cancelled(autojump_clock: trio.abc.Clock) -> None:
+    client, server = memory_tls_stream_pair(server_faults=FaultPlan(receive_delays=(100,)))
+    with trio.move_on_after(1) as scope:
+        await handshake(client, server)
+    assert scope.cancelled_caught
+    await handshake(client, server)  # both were waiting for bytes: they resume
+    await client.aclose()
+    await server.aclose()
+
+
+def test_engine_pair() -> None:
+    client, server = tls_engine_pair(tls_version="1.2")
+    assert isinstance(client, TLSEngine)
+    for _ in range(4):
+        client.do_handshake()
+        if client.bytes_to_send:
+            server.receive_data(client.data_to_send())
+        server.do_handshake()
+        if server.bytes_to_send:
+            client.receive_data(server.data_to_send())
+    assert client.handshake_complete
+    assert server.ssl_object.version() == "TLSv1.2"
+
+
+# --------------------------------------------------------- schedules, cancels
+
+
+async def test_schedules_pause_in_turn(autojump_clock: trio.abc.Clock) -> None:
+    schedule = TaskSchedule((Pause(sleep=1.0), Pause(checkpoints=2)))
+    start = trio.current_time()
+    for step in range(4):
+        await schedule.pause(step)
+    assert trio.current_time() - start == pytest.approx(2.0)
+    await TaskSchedule().pause(0)
+    with pytest.raises(ValueError, match="Pause"):
+        Pause(checkpoints=-1)
+
+
+async def test_cancel_points(autojump_clock: trio.abc.Clock) -> None:
+    with CancelPoint().arm() as scope:
+        await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+
+    start = trio.current_time()
+    with CancelPoint(after_seconds=2.5).arm() as scope:
+        await trio.sleep(10)
+    assert trio.current_time() - start == pytest.approx(2.5)
+
+    sender, _ = faulty_pair()
+    with CancelPoint(at_operation=2).arm(sender) as scope:
+        for _ in range(5):
+            await sender.send_all(b"x")
+    assert len(sender.operations) == 3
+    with pytest.raises(ValueError, match="FaultyStream"):
+        CancelPoint(at_operation=0).arm()
+    with pytest.raises(ValueError, match="at least 0"):
+        CancelPoint(after_seconds=-1)
+
+
+# --------------------------------------------------------------- strategies
+
+
+@given(plan=fault_plans())
+def test_default_fault_plans_keep_data_intact(plan: FaultPlan) -> None:
+    assert plan.corrupt_sent == plan.corrupt_received == ()
+    assert plan.eof_sent_at is plan.eof_received_at is None
+    assert plan.hang_sent_at is plan.hang_received_at is plan.hang_at_operation is None
+    assert plan.raise_at_operation is None
+
+
+@given(
+    plan=fault_plans(
+        corrupt_sent=1, corrupt_received=2, eof=True, hangs=True, errors=(OSError,), max_offset=50
+    )
+)
+def test_fault_plans_with_every_fault_are_valid(plan: FaultPlan) -> None:
+    assert len(plan.corrupt_sent) <= 1
+    assert len(plan.corrupt_received) <= 2
+    assert all(corruption.offset <= 50 for corruption in plan.corrupt_received)
+    assert plan.error in (OSError, trio.BrokenResourceError)
+
+
+@given(
+    sizes=chunkings(max_size=10, allow_empty=False),
+    waits=delays(max_seconds=0.5),
+    corruption=corruptions(max_offset=3),
+    schedule=task_schedules(max_sleep=0.02),
+    point=cancel_points(before_start=False),
+    version=tls_versions(),
+    payloads=messages(max_size=5),
+)
+def test_strategies_draw_valid_values(
+    sizes: tuple[int, ...],
+    waits: tuple[float, ...],
+    corruption: Corruption,
+    schedule: TaskSchedule,
+    point: CancelPoint,
+    version: str,
+    payloads: list[bytes],
+) -> None:
+    assert sizes
+    assert all(1 <= size <= 10 for size in sizes)
+    assert all(0 <= wait <= 0.5 for wait in waits)
+    assert corruption.offset <= 3
+    assert all(pause.sleep <= 0.02 for pause in schedule.pauses)
+    assert point != CancelPoint()
+    assert version in ("1.2", "1.3")
+    assert all(payloads)
+
+
+@given(st.data())
+def test_strategies_feed_a_real_pair(data: st.DataObject) -> None:
+    plan = data.draw(fault_plans(max_delay=0.01))
+    payload = data.draw(st.binary(min_size=1, max_size=3000))
+
+    async def main() -> None:
+        client, server = memory_tls_stream_pair(client_faults=plan, server_faults=plan)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, payload)
+            received = bytearray()
+            while len(received) < len(payload):
+                received += await server.receive_some()
+        assert received == payload
+        await client.aclose()
+        await server.aclose()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# ------------------------------------------------------- a runtime module
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_importing_the_kit_imports_no_test_tools() -> None:
+    result = run_python(
+        """
+        import sys
+        import trio_membio.testing
+        loaded = {"pytest", "hypothesis", "trustme"} & set(sys.modules)
+        assert not loaded, loaded
+        """
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_kit_works_without_pytest() -> None:
+    result = run_python(
+        """
+        import sys
+        sys.modules["pytest"] = sys.modules["_pytest"] = None
+        import trio
+        from trio_membio.testing import FaultPlan, handshake, memory_tls_stream_pair
+
+        async def main():
+            client, server = memory_tls_stream_pair(client_faults=FaultPlan(receive_chunks=(3,)))
+            await handshake(client, server)
+            await server.send_all(b"ok")
+            print((await client.receive_some()).decode())
+
+        trio.run(main)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
+def test_missing_extras_name_the_install_command() -> None:
+    result = run_python(
+        """
+        import sys
+        sys.modules["hypothesis"] = None
+        sys.modules["trustme"] = None
+        import trio_membio.testing as kit
+        try:
+            kit.throwaway_contexts()
+        except ImportError as exc:
+            print(exc)
+        try:
+            import trio_membio.testing.strategies
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("pip install 'trio-membio[test]'" in line for line in lines)
+    assert "trustme" in lines[0]
+    assert "hypothesis" in lines[1]

@@ -1,0 +1,323 @@
+"""Connected MemoryBIOStream pairs over trio's in-memory transports.
+
+Theory of operation
+===================
+
+Construction is synchronous, like :func:`trio.testing.memory_stream_pair`:
+the pair functions build two :class:`~trio_membio.MemoryBIOStream` objects,
+each over a :class:`~trio_membio.testing.FaultyStream` wrapping one end of a
+trio in-memory stream pair, and return them *without* handshaking. The
+handshake then happens by itself on the first send or receive, or explicitly
+and concurrently with ``await handshake(client, server)``. Keeping the two
+apart lets a test cancel, corrupt or fragment the handshake itself, and lets
+the pair be built outside a trio run (in a fixture or a hypothesis strategy).
+
+Certificates come from a throwaway trustme certificate authority made once
+per process and host name; the contexts are new on every call, so a test may
+change them. The client context verifies the certificate chain and the host
+name, trusting only that authority (it does not load the system store, which
+is slow).
+
+trio.testing (the in-memory transports) is imported only when a pair is
+built, because it imports pytest whenever pytest is installed; this package
+never needs pytest itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import trio
+
+from .._engine import TLSEngine
+from .._stream import MemoryBIOStream
+from ._faults import FaultyStream
+from ._plan import FaultPlan
+
+if TYPE_CHECKING:
+    import trustme
+
+__all__ = [
+    "DEFAULT_HOSTNAME",
+    "TLSStreamPair",
+    "TLSVersion",
+    "handshake",
+    "lockstep_tls_stream_pair",
+    "memory_tls_stream_pair",
+    "throwaway_contexts",
+    "tls_engine_pair",
+]
+
+#: "1.2" or "1.3" pins that TLS version; None lets the contexts negotiate.
+TLSVersion = Literal["1.2", "1.3"]
+
+#: The host name the throwaway certificate is issued for.
+DEFAULT_HOSTNAME = "tls.example.org"
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_INSTALL_HINT = "pip install 'trio-membio[test]'"
+
+
+class TLSStreamPair(NamedTuple):
+    """A connected (client, server) pair; unpacks like a tuple.
+
+    Each stream's ``transport_stream`` is the :class:`FaultyStream` of its
+    end: ``pair.client.transport_stream.install(plan)`` changes its faults.
+    """
+
+    client: MemoryBIOStream[FaultyStream]
+    server: MemoryBIOStream[FaultyStream]
+
+
+def _trio_testing() -> ModuleType:
+    """trio.testing, imported when first needed: it imports pytest when that is installed."""
+    import trio.testing
+
+    return trio.testing
+
+
+def _import_trustme() -> Any:
+    try:
+        import trustme
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "trio_membio.testing needs trustme for its throwaway certificates: "
+            f"{_INSTALL_HINT} (or pass client_context= and server_context=)"
+        ) from None
+    return trustme
+
+
+@functools.cache
+def _authority(hostname: str) -> tuple[trustme.CA, trustme.LeafCert]:
+    trustme = _import_trustme()
+    authority = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    leaf = authority.issue_cert(hostname, key_type=trustme.KeyType.ECDSA)
+    return authority, leaf
+
+
+def throwaway_contexts(
+    *,
+    tls_version: TLSVersion | None = None,
+    alpn_protocols: Sequence[str] | None = None,
+    hostname: str = DEFAULT_HOSTNAME,
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A (client, server) pair of contexts that trust each other and nothing else.
+
+    Args:
+        tls_version: Pin "1.2" or "1.3" on both; None negotiates (TLS 1.3).
+        alpn_protocols: Set on both contexts, if given.
+        hostname: The name the server's certificate is issued for.
+
+    Raises:
+        ImportError: trustme is not installed (``pip install 'trio-membio[test]'``).
+        ValueError: ``tls_version`` is not "1.2", "1.3" or None.
+    """
+    if tls_version is not None and tls_version not in _VERSIONS:
+        raise ValueError(f"tls_version must be '1.2', '1.3' or None, not {tls_version!r}")
+    authority, leaf = _authority(hostname)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and host name
+    authority.configure_trust(client)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    leaf.configure_cert(server)
+    for context in (client, server):
+        if tls_version is not None:
+            context.minimum_version = context.maximum_version = _VERSIONS[tls_version]
+        if alpn_protocols is not None:
+            context.set_alpn_protocols(list(alpn_protocols))
+    return client, server
+
+
+def _contexts(
+    tls_version: TLSVersion | None,
+    alpn_protocols: Sequence[str] | None,
+    client_context: ssl.SSLContext | None,
+    server_context: ssl.SSLContext | None,
+    server_hostname: str,
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    if client_context is not None and server_context is not None:
+        if tls_version is not None or alpn_protocols is not None:
+            raise ValueError(
+                "tls_version and alpn_protocols configure the throwaway contexts; "
+                "with both client_context and server_context given, set them on those"
+            )
+        return client_context, server_context
+    made_client, made_server = throwaway_contexts(
+        tls_version=tls_version, alpn_protocols=alpn_protocols, hostname=server_hostname
+    )
+    return client_context or made_client, server_context or made_server
+
+
+def _pair(
+    transports: tuple[trio.abc.Stream, trio.abc.Stream],
+    *,
+    tls_version: TLSVersion | None,
+    alpn_protocols: Sequence[str] | None,
+    https_compatible: bool,
+    client_context: ssl.SSLContext | None,
+    server_context: ssl.SSLContext | None,
+    server_hostname: str,
+    client_faults: FaultPlan | None,
+    server_faults: FaultPlan | None,
+) -> TLSStreamPair:
+    client_ctx, server_ctx = _contexts(
+        tls_version, alpn_protocols, client_context, server_context, server_hostname
+    )
+    client_transport, server_transport = transports
+    client = MemoryBIOStream(
+        FaultyStream(client_transport, client_faults),
+        client_ctx,
+        server_hostname=server_hostname,
+        https_compatible=https_compatible,
+    )
+    server = MemoryBIOStream(
+        FaultyStream(server_transport, server_faults),
+        server_ctx,
+        server_side=True,
+        https_compatible=https_compatible,
+    )
+    return TLSStreamPair(client, server)
+
+
+def memory_tls_stream_pair(
+    *,
+    tls_version: TLSVersion | None = None,
+    alpn_protocols: Sequence[str] | None = None,
+    https_compatible: bool = False,
+    client_context: ssl.SSLContext | None = None,
+    server_context: ssl.SSLContext | None = None,
+    server_hostname: str = DEFAULT_HOSTNAME,
+    client_faults: FaultPlan | None = None,
+    server_faults: FaultPlan | None = None,
+) -> TLSStreamPair:
+    """A (client, server) TLS pair over :func:`trio.testing.memory_stream_pair`.
+
+    The transports buffer without limit, so send_all() never waits for the
+    peer to receive. Nothing is sent until the handshake starts: call
+    :func:`handshake` or just use the streams.
+
+    Args:
+        tls_version: "1.2" or "1.3" pins the version of the throwaway contexts.
+        alpn_protocols: ALPN protocols for the throwaway contexts.
+        https_compatible: Passed to both streams (see
+            :class:`~trio_membio.MemoryBIOStream`).
+        client_context: Used instead of a throwaway client context.
+        server_context: Used instead of a throwaway server context (its
+            certificate must then be valid for ``server_hostname`` and trusted
+            by the client context).
+        server_hostname: The name the client checks (and the throwaway
+            certificate is issued for).
+        client_faults: The plan of the client's :class:`FaultyStream`: "sent"
+            is client to server, "received" is server to client.
+        server_faults: The plan of the server's :class:`FaultyStream`.
+
+    Raises:
+        ImportError: trustme is missing and a throwaway context is needed.
+        ValueError: ``tls_version`` or ``alpn_protocols`` given together with
+            both contexts (they only configure throwaway contexts).
+    """
+    return _pair(
+        _trio_testing().memory_stream_pair(),
+        tls_version=tls_version,
+        alpn_protocols=alpn_protocols,
+        https_compatible=https_compatible,
+        client_context=client_context,
+        server_context=server_context,
+        server_hostname=server_hostname,
+        client_faults=client_faults,
+        server_faults=server_faults,
+    )
+
+
+def lockstep_tls_stream_pair(
+    *,
+    tls_version: TLSVersion | None = None,
+    alpn_protocols: Sequence[str] | None = None,
+    https_compatible: bool = False,
+    client_context: ssl.SSLContext | None = None,
+    server_context: ssl.SSLContext | None = None,
+    server_hostname: str = DEFAULT_HOSTNAME,
+    client_faults: FaultPlan | None = None,
+    server_faults: FaultPlan | None = None,
+) -> TLSStreamPair:
+    """A (client, server) TLS pair over :func:`trio.testing.lockstep_stream_pair`.
+
+    The transports have no buffer: each send_all() waits until the peer has
+    received all of it, which flushes out deadlocks (a task that only sends
+    while the peer also only sends). Arguments and exceptions as for
+    :func:`memory_tls_stream_pair`.
+    """
+    return _pair(
+        _trio_testing().lockstep_stream_pair(),
+        tls_version=tls_version,
+        alpn_protocols=alpn_protocols,
+        https_compatible=https_compatible,
+        client_context=client_context,
+        server_context=server_context,
+        server_hostname=server_hostname,
+        client_faults=client_faults,
+        server_faults=server_faults,
+    )
+
+
+async def handshake(
+    client: MemoryBIOStream[trio.abc.Stream], server: MemoryBIOStream[trio.abc.Stream]
+) -> None:
+    """Run both ends' handshakes concurrently and return when both have finished.
+
+    If one end fails, the other end's handshake is cancelled (it could not
+    finish anyway) and the failure is raised.
+
+    On cancellation both handshakes are cancelled, with the outcome
+    :meth:`MemoryBIOStream.do_handshake` documents: cancelled while waiting
+    for the peer, a stream can handshake again; cancelled while writing, it is
+    broken.
+
+    Raises:
+        trio.BrokenResourceError: a handshake failed (the first failure; its
+            ``__cause__`` is the ssl error).
+        trio.ClosedResourceError: a stream was closed.
+    """
+    failures: list[trio.BrokenResourceError | trio.ClosedResourceError] = []
+
+    async with trio.open_nursery() as nursery:
+
+        async def run(stream: MemoryBIOStream[trio.abc.Stream]) -> None:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(run, client)
+        nursery.start_soon(run, server)
+    if failures:
+        raise failures[0]
+
+
+def tls_engine_pair(
+    *,
+    tls_version: TLSVersion | None = None,
+    client_context: ssl.SSLContext | None = None,
+    server_context: ssl.SSLContext | None = None,
+    server_hostname: str = DEFAULT_HOSTNAME,
+) -> tuple[TLSEngine, TLSEngine]:
+    """A (client, server) pair of sans-I/O :class:`~trio_membio.TLSEngine` objects.
+
+    Nothing is exchanged: move ``data_to_send()`` of one into
+    ``receive_data()`` of the other yourself. Arguments as for
+    :func:`memory_tls_stream_pair`.
+
+    Raises:
+        ImportError: trustme is missing and a throwaway context is needed.
+    """
+    client_ctx, server_ctx = _contexts(
+        tls_version, None, client_context, server_context, server_hostname
+    )
+    return (
+        TLSEngine(client_ctx, server_hostname=server_hostname),
+        TLSEngine(server_ctx, server_side=True),
+    )
