@@ -125,3 +125,20 @@ async def test_hostname_is_checked() -> None:
 async def _expect_broken(stream: AnyStream) -> None:
     with pytest.raises(trio.BrokenResourceError):
         await stream.receive_some()
+
+
+async def test_has_buffered_input_sees_what_the_transport_does_not() -> None:
+    client, server = tls_pair()
+    await handshake_both(client, server)
+    await server.send_all(b"hello")
+    assert await client.receive_some() == b"hello"
+    assert not client.has_buffered_input()
+    await server.send_all(b"two words")
+    assert await client.receive_some(3) == b"two"  # the rest stays decrypted inside
+    assert client.has_buffered_input()
+    assert await client.receive_some() == b" words"
+    assert not client.has_buffered_input()
+    await server.aclose()
+    assert await client.receive_some() == b""
+    assert client.has_buffered_input()  # the end is known: no request can follow
+    await client.aclose()

@@ -158,6 +158,27 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         """The stream carrying the ciphertext, as passed to the constructor."""
         return self._transport
 
+    def has_buffered_input(self) -> bool:
+        """Whether this TLS layer holds input its transport no longer shows.
+
+        True when ciphertext or plaintext is buffered inside the stream, or
+        the connection's end has already been seen (close_notify either way,
+        the transport's end, a TLS failure): a receive_some() would then not
+        need to wait for the transport. Connection pools use this, with the
+        transport's own readability, to tell a reusable idle connection from
+        a dead one.
+        """
+        engine = self._engine
+        return bool(
+            engine.buffered_ciphertext
+            or engine.buffered_plaintext
+            or engine.ssl_object.pending()
+            or engine.close_notify_received
+            or engine.close_notify_sent
+            or engine.transport_ended
+            or engine.failure is not None
+        )
+
     # ------------------------------------------------------------- handshake
 
     async def do_handshake(self) -> None:

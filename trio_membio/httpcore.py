@@ -242,7 +242,7 @@ class MemoryBIONetworkStream(httpcore.AsyncNetworkStream):
     def _is_readable(self) -> bool:
         stream = self._stream
         while isinstance(stream, MemoryBIOStream):
-            if _tls_has_input(stream):
+            if stream.has_buffered_input():
                 return True
             stream = stream.transport_stream
         if isinstance(stream, trio.SocketStream):
@@ -250,24 +250,6 @@ class MemoryBIONetworkStream(httpcore.AsyncNetworkStream):
             # A closed socket will never carry a request again.
             return sock.fileno() < 0 or sock.is_readable()
         return False
-
-
-def _tls_has_input(stream: MemoryBIOStream[trio.abc.Stream]) -> bool:
-    """Whether a TLS layer would answer a read without waiting for its transport.
-
-    Plaintext the engine kept aside when our close_notify went out is covered
-    by ``close_notify_sent``: after that no request can be sent anyway.
-    """
-    # Intra-package access: MemoryBIOStream has no public view of its engine.
-    engine = stream._engine
-    return bool(
-        engine.buffered_ciphertext
-        or stream.ssl_object.pending()
-        or engine.close_notify_received
-        or engine.close_notify_sent
-        or engine.transport_ended
-        or engine.failure is not None
-    )
 
 
 def _set_socket_options(
