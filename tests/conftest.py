@@ -9,6 +9,9 @@
   "explain" phase; failures are saved to the example database (.hypothesis/)
   and replayed first on the next run. ``nox -s fuzz`` uses it.
 
+HYPOTHESIS_MAX_EXAMPLES=N overrides the profile's number of examples, to fit
+a campaign into the time at hand.
+
 Each property test runs its examples under trio's autojump clock with a
 virtual deadline, so hypothesis's wall-clock deadline is off everywhere.
 """
@@ -41,4 +44,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
     phases=_NO_EXPLAIN,
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+_profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if "HYPOTHESIS_MAX_EXAMPLES" in os.environ:
+    # A time-boxed campaign: the profile's settings with fewer (or more) examples.
+    settings.register_profile(
+        f"{_profile}-sized",
+        parent=settings.get_profile(_profile),
+        max_examples=int(os.environ["HYPOTHESIS_MAX_EXAMPLES"]),
+    )
+    _profile = f"{_profile}-sized"
+settings.load_profile(_profile)
