@@ -48,40 +48,64 @@ class SocketFastPath:
             raise trio.ClosedResourceError("the transport socket was closed")
         return descriptor
 
+    def try_receive(self, max_bytes: int) -> bytes | None:
+        """Receive what is there without waiting: b"" at end, None if nothing yet."""
+        descriptor = self._socket.fileno()
+        if descriptor < 0:
+            raise trio.ClosedResourceError("the transport socket was closed")
+        try:
+            return os.read(descriptor, max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    async def receive_after_wait(self, max_bytes: int) -> bytes:
+        """Wait until the socket is readable, then receive (try_receive said None)."""
+        while True:
+            await trio.lowlevel.wait_readable(self._socket)
+            data = self.try_receive(max_bytes)
+            if data is not None:
+                return data
+
     async def receive_some(self, max_bytes: int) -> tuple[bytes, bool]:
         """Receive up to ``max_bytes``; return (data, whether it yielded)."""
-        yielded = False
-        while True:
-            try:
-                return os.read(self._descriptor(), max_bytes), yielded
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _translate(exc) from exc
-            await trio.lowlevel.wait_readable(self._socket)
-            yielded = True
+        data = self.try_receive(max_bytes)
+        if data is not None:
+            return data, False
+        return await self.receive_after_wait(max_bytes), True
+
+    def try_send(self, data: bytes | memoryview) -> int:
+        """Send what the socket takes now, without waiting; return how much."""
+        if self._socket.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        descriptor = self._socket.fileno()
+        if descriptor < 0:
+            raise trio.ClosedResourceError("the transport socket was closed")
+        try:
+            return os.write(descriptor, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _translate(exc) from exc
 
     async def send_all(self, data: bytes) -> bool:
         """Send all of ``data``; return whether it yielded.
 
         If cancelled while waiting, part of ``data`` may have been sent.
         """
-        if self._socket.did_shutdown_SHUT_WR:
-            raise trio.ClosedResourceError("can't send data after sending EOF")
-        yielded = False
-        view = memoryview(data)
-        with view:
-            while view:
-                try:
-                    sent = os.write(self._descriptor(), view)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self._socket)
-                    yielded = True
-                    continue
-                except OSError as exc:
-                    raise _translate(exc) from exc
-                view = view[sent:]
-        return yielded
+        sent = self.try_send(data)
+        if sent == len(data):
+            return False
+        with memoryview(data) as view:
+            await self.send_rest(view[sent:])
+        return True
+
+    async def send_rest(self, view: memoryview) -> None:
+        """Send all of ``view``, waiting for room first (try_send fell short)."""
+        while view:
+            await trio.lowlevel.wait_writable(self._socket)
+            view = view[self.try_send(view) :]
 
 
 def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

@@ -282,7 +282,11 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             trio.BusyResourceError: another task is already receiving.
             ValueError: ``max_bytes`` is less than 1.
         """
-        with self._receive_conflict:
+        conflict = self._receive_conflict
+        if conflict.in_use:
+            raise trio.BusyResourceError(conflict.message)
+        conflict.in_use = True
+        try:
             if self._closed or (self._broken is not None and not self._engine.buffered_plaintext):
                 # Plaintext decrypted before a failure is still authentic: it
                 # is handed out before the failure is reported.
@@ -344,6 +348,8 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
                 yielded = await self._receive_ciphertext() or yielded
+        finally:
+            conflict.in_use = False
 
     # ------------------------------------------------------------------ send
 
@@ -368,7 +374,11 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 was called), before or during the call.
             trio.BusyResourceError: another task is already sending.
         """
-        with self._send_conflict:
+        conflict = self._send_conflict
+        if conflict.in_use:
+            raise trio.BusyResourceError(conflict.message)
+        conflict.in_use = True
+        try:
             if self._closed or self._broken is not None or self._send_broken is not None:
                 self._check_can_send()
             if self._eof_sent:
@@ -383,15 +393,23 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             elif not data:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            view = memoryview(data)
-            if view.itemsize != 1 or not view.c_contiguous:
-                view = view.cast("B")
-            yielded = await self._acquire_send_lane()
+            view: bytes | bytearray | memoryview
+            if len(data) <= PLAINTEXT_CHUNK and isinstance(data, (bytes, bytearray)):
+                view = data  # one chunk: no memoryview needed
+            else:
+                view = memoryview(data)
+                if view.itemsize != 1 or not view.c_contiguous:
+                    view = view.cast("B")
+            if self._sending:
+                yielded = await self._acquire_send_lane()
+            else:
+                self._sending = True
+                yielded = False
             lane_held = True
             sent_since_yield = 0
             try:
                 while view:
-                    chunk = view[:PLAINTEXT_CHUNK]
+                    chunk = view if len(view) <= PLAINTEXT_CHUNK else view[:PLAINTEXT_CHUNK]
                     try:
                         written = engine.write(chunk)
                     except ssl.SSLError as exc:
@@ -427,9 +445,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                             yielded = True
             finally:
                 if lane_held:
-                    self._release_send_lane()
+                    self._sending = False
+                    if self._changed is not None:
+                        self._notify_change()
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            conflict.in_use = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can probably take more data.

@@ -92,13 +92,20 @@ class TransportLanes(TLSConnectionInfo):
         self._transport_base: trio.abc.Stream = transport_stream
         fast_path = fast_path_for(transport_stream)
         self._transport_send: Callable[[bytes], Awaitable[bool]]
-        self._transport_receive: Callable[[int], Awaitable[tuple[bytes | bytearray, bool]]]
+        # With the socket fast path: send and receive without waiting (the
+        # common case, no coroutine), and the waiting halves.
+        self._try_send: Callable[[bytes | memoryview], int] | None = None
+        self._try_receive: Callable[[int], bytes | None] | None = None
+        self._send_rest: Callable[[memoryview], Awaitable[None]]
+        self._receive_after_wait: Callable[[int], Awaitable[bytes]]
         if fast_path is not None:
             self._transport_send = fast_path.send_all
-            self._transport_receive = fast_path.receive_some
+            self._try_send = fast_path.try_send
+            self._try_receive = fast_path.try_receive
+            self._send_rest = fast_path.send_rest
+            self._receive_after_wait = fast_path.receive_after_wait
         else:
             self._transport_send = self._send_through_transport
-            self._transport_receive = self._receive_through_transport
         self._closed = False
         # (message, cause) when the whole stream is unusable.
         self._broken: tuple[str, BaseException | None] | None = None
@@ -118,16 +125,20 @@ class TransportLanes(TLSConnectionInfo):
 
         Returns whether this task yielded to the scheduler.
         """
-        count = self._receive_count
-        while self._receiving:
-            await self._wait_for_change()
-            if self._receive_count != count:
-                return True
-            self._check_usable()
+        if self._receiving and await self._wait_for_other_receiver():
+            return True
         self._receiving = True
         try:
             try:
-                data, yielded = await self._transport_receive(TRANSPORT_RECEIVE_SIZE)
+                try_receive = self._try_receive
+                if try_receive is None:
+                    data = await self._transport_base.receive_some(TRANSPORT_RECEIVE_SIZE)
+                    yielded = True
+                else:
+                    data = try_receive(TRANSPORT_RECEIVE_SIZE)
+                    yielded = data is None
+                    if data is None:
+                        data = await self._receive_after_wait(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, sending=False)
             if data:
@@ -142,8 +153,15 @@ class TransportLanes(TLSConnectionInfo):
                 self._notify_change()
         return yielded
 
-    async def _receive_through_transport(self, max_bytes: int) -> tuple[bytes | bytearray, bool]:
-        return await self._transport_base.receive_some(max_bytes), True
+    async def _wait_for_other_receiver(self) -> bool:
+        """Wait while another task receives; True if it fed the engine meanwhile."""
+        count = self._receive_count
+        while self._receiving:
+            await self._wait_for_change()
+            if self._receive_count != count:
+                return True
+            self._check_usable()
+        return False
 
     async def _send_through_transport(self, data: bytes) -> bool:
         await self._transport_base.send_all(data)
@@ -242,12 +260,21 @@ class TransportLanes(TLSConnectionInfo):
         can never finish the handshake), otherwise the sending direction.
         """
         engine = self._engine
-        send = self._transport_send
+        try_send = self._try_send
         yielded = False
         try:
-            while engine.bytes_to_send:
-                chunk = engine.data_to_send(SEND_WINDOW)
-                yielded = await send(chunk) or yielded
+            # data_to_send() returns b"" when nothing is queued (held tickets
+            # alone stay held: engine rule 5).
+            while chunk := engine.data_to_send(SEND_WINDOW):
+                if try_send is None:
+                    await self._transport_base.send_all(chunk)
+                    yielded = True
+                else:
+                    sent = try_send(chunk)
+                    if sent != len(chunk):
+                        with memoryview(chunk) as view:
+                            await self._send_rest(view[sent:])
+                        yielded = True
                 self._ciphertext_sent += len(chunk)
         except trio.Cancelled:
             self._end(ConnectionEnd.CANCELLED)
