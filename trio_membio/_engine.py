@@ -19,8 +19,9 @@ next:
   needs more ciphertext first (a TLS 1.2 renegotiation).
 
 After any of them, ``bytes_to_send`` says whether ciphertext is waiting to go
-out. Sending it is the caller's job, and so is deciding *when*: the engine owns
-only the byte-level rules, which are:
+out (``output_bio.pending`` is the same test, cheaper, for hot paths; the BIO is
+only ever read through ``data_to_send``). Sending it is the caller's job, and
+so is deciding *when*: the engine owns only the byte-level rules, which are:
 
 1. No application data before an explicit handshake. Letting OpenSSL run the
    handshake implicitly inside SSL_read/SSL_write skips Python's hostname
@@ -104,6 +105,7 @@ class TLSEngine:
         "_renegotiation_possible",
         "_transport_ended",
         "_unread_plaintext",
+        "output_bio",
         "ssl_object",
     )
 
@@ -117,6 +119,9 @@ class TLSEngine:
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        #: The outgoing BIO, for testing ``output_bio.pending`` (nonzero
+        #: exactly when bytes_to_send is). Take bytes out with data_to_send().
+        self.output_bio = self._outgoing
         self.ssl_object: ssl.SSLObject = ssl_context.wrap_bio(
             self._incoming,
             self._outgoing,
@@ -461,6 +466,20 @@ class TLSEngine:
         """
         if plaintext:
             self._unread_plaintext = plaintext + self._unread_plaintext
+
+    def return_unsent(self, ciphertext: bytes | memoryview) -> None:
+        """Give back the unsent tail of what :meth:`data_to_send` returned.
+
+        It goes out first next time. Only valid while nothing else has been
+        queued since that call (the caller has not run any other operation):
+        then putting it back into the empty outgoing BIO keeps the byte order.
+
+        Raises:
+            RuntimeError: other ciphertext was queued in between.
+        """
+        if self._outgoing.pending:
+            raise RuntimeError("return_unsent() after more ciphertext was queued")
+        self._outgoing.write(ciphertext)
 
     def abandon_write(self) -> None:
         """Forget a write that returned None, to write different data instead.

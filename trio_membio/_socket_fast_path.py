@@ -42,6 +42,11 @@ class SocketFastPath:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._socket = stream.socket
 
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The socket, for :func:`trio.lowlevel.wait_readable` after try_receive()."""
+        return self._socket
+
     def _descriptor(self) -> int:
         descriptor = self._socket.fileno()
         if descriptor < 0:
@@ -60,25 +65,8 @@ class SocketFastPath:
         except OSError as exc:
             raise _translate(exc) from exc
 
-    async def receive_after_wait(self, max_bytes: int) -> bytes:
-        """Wait until the socket is readable, then receive (try_receive said None)."""
-        while True:
-            await trio.lowlevel.wait_readable(self._socket)
-            data = self.try_receive(max_bytes)
-            if data is not None:
-                return data
-
-    async def receive_some(self, max_bytes: int) -> tuple[bytes, bool]:
-        """Receive up to ``max_bytes``; return (data, whether it yielded)."""
-        data = self.try_receive(max_bytes)
-        if data is not None:
-            return data, False
-        return await self.receive_after_wait(max_bytes), True
-
     def try_send(self, data: bytes | memoryview) -> int:
         """Send what the socket takes now, without waiting; return how much."""
-        if self._socket.did_shutdown_SHUT_WR:
-            raise trio.ClosedResourceError("can't send data after sending EOF")
         descriptor = self._socket.fileno()
         if descriptor < 0:
             raise trio.ClosedResourceError("the transport socket was closed")
@@ -87,6 +75,9 @@ class SocketFastPath:
         except BlockingIOError:
             return 0
         except OSError as exc:
+            if self._socket.did_shutdown_SHUT_WR:
+                # Someone called send_eof() on the transport itself.
+                raise trio.ClosedResourceError("can't send data after sending EOF") from exc
             raise _translate(exc) from exc
 
     async def send_all(self, data: bytes) -> bool:

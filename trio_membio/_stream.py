@@ -294,11 +294,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             if max_bytes is None:
                 max_bytes = DEFAULT_RECEIVE_SIZE
             else:
-                max_bytes = operator.index(max_bytes)
+                if max_bytes.__class__ is not int:
+                    max_bytes = operator.index(max_bytes)
                 if max_bytes < 1:
                     raise ValueError("max_bytes must be at least 1")
             await trio.lowlevel.checkpoint_if_cancelled()
             engine = self._engine
+            output_bio = engine.output_bio
             yielded = False
             if not self._handshook:
                 try:
@@ -323,7 +325,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     await self._fail(exc, TRUNCATED)
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error while receiving")
-                if engine.bytes_to_send:
+                if output_bio.pending:
                     # The read queued TLS output (a renegotiation or
                     # post-handshake reply).
                     if self._send_broken is not None or self._eof_sent:
@@ -393,8 +395,51 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             elif not data:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            data_type = type(data)
+            small = len(data) <= PLAINTEXT_CHUNK and (data_type is bytes or data_type is bytearray)
+            try_send = self._try_send
+            if (
+                small
+                and try_send is not None
+                and not self._sending
+                and not self._handshake_output_queued
+            ):
+                # The express lane: one record that the socket takes at once,
+                # the usual case on TCP. Whatever it cannot finish (a TLS 1.2
+                # renegotiation, a full socket) goes on below.
+                self._sending = True
+                try:
+                    try:
+                        written = engine.write(data) or 0
+                    except ssl.SSLError as exc:
+                        await self._fail(exc, "TLS error while sending", lane_held=True)
+                    self._plaintext_sent += written
+                    if written == len(data):
+                        ciphertext = engine.data_to_send()
+                        try:
+                            sent = try_send(ciphertext)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                            self._raise_transport_error(exc, sending=True)
+                        self._ciphertext_sent += sent
+                        if sent == len(ciphertext):
+                            yielded = False
+                        else:
+                            # Back in front of the queue, to wait for room.
+                            engine.return_unsent(memoryview(ciphertext)[sent:])
+                            yielded = await self._send_queued_holding_lane()
+                finally:
+                    self._sending = False
+                    if self._changed is not None:
+                        self._notify_change()
+                if written == len(data):
+                    if not yielded:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+                if written:
+                    data = memoryview(data)[written:]
+                    small = False
             view: bytes | bytearray | memoryview
-            if len(data) <= PLAINTEXT_CHUNK and isinstance(data, (bytes, bytearray)):
+            if small:
                 view = data  # one chunk: no memoryview needed
             else:
                 view = memoryview(data)
@@ -411,10 +456,10 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 while view:
                     chunk = view if len(view) <= PLAINTEXT_CHUNK else view[:PLAINTEXT_CHUNK]
                     try:
-                        written = engine.write(chunk)
+                        consumed = engine.write(chunk)
                     except ssl.SSLError as exc:
                         await self._fail(exc, "TLS error while sending", lane_held=True)
-                    if written is None:
+                    if consumed is None:
                         # A TLS 1.2 renegotiation: the peer must answer first.
                         await self._send_queued_holding_lane()
                         self._release_send_lane()
@@ -430,13 +475,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         lane_held = True
                         yielded = True
                         continue
-                    view = view[written:]
-                    self._plaintext_sent += written
+                    view = view[consumed:]
+                    self._plaintext_sent += consumed
                     if await self._send_queued_holding_lane():
                         yielded = True
                         sent_since_yield = 0
                     else:
-                        sent_since_yield += written
+                        sent_since_yield += consumed
                         if view and sent_since_yield >= YIELD_EVERY:
                             # The socket took everything at once: let other
                             # tasks run and cancellation in, as SocketStream does.

@@ -94,16 +94,13 @@ class TransportLanes(TLSConnectionInfo):
         self._transport_send: Callable[[bytes], Awaitable[bool]]
         # With the socket fast path: send and receive without waiting (the
         # common case, no coroutine), and the waiting halves.
+        self._fast_path = fast_path
         self._try_send: Callable[[bytes | memoryview], int] | None = None
-        self._try_receive: Callable[[int], bytes | None] | None = None
         self._send_rest: Callable[[memoryview], Awaitable[None]]
-        self._receive_after_wait: Callable[[int], Awaitable[bytes]]
         if fast_path is not None:
             self._transport_send = fast_path.send_all
             self._try_send = fast_path.try_send
-            self._try_receive = fast_path.try_receive
             self._send_rest = fast_path.send_rest
-            self._receive_after_wait = fast_path.receive_after_wait
         else:
             self._transport_send = self._send_through_transport
         self._closed = False
@@ -129,16 +126,18 @@ class TransportLanes(TLSConnectionInfo):
             return True
         self._receiving = True
         try:
+            data: bytes | bytearray | None
             try:
-                try_receive = self._try_receive
-                if try_receive is None:
+                fast_path = self._fast_path
+                if fast_path is None:
                     data = await self._transport_base.receive_some(TRANSPORT_RECEIVE_SIZE)
                     yielded = True
                 else:
-                    data = try_receive(TRANSPORT_RECEIVE_SIZE)
+                    data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
                     yielded = data is None
-                    if data is None:
-                        data = await self._receive_after_wait(TRANSPORT_RECEIVE_SIZE)
+                    while data is None:
+                        await trio.lowlevel.wait_readable(fast_path.socket)
+                        data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, sending=False)
             if data:
@@ -260,12 +259,12 @@ class TransportLanes(TLSConnectionInfo):
         can never finish the handshake), otherwise the sending direction.
         """
         engine = self._engine
+        output_bio = engine.output_bio
         try_send = self._try_send
         yielded = False
         try:
-            # data_to_send() returns b"" when nothing is queued (held tickets
-            # alone stay held: engine rule 5).
-            while chunk := engine.data_to_send(SEND_WINDOW):
+            while output_bio.pending:
+                chunk = engine.data_to_send(SEND_WINDOW)
                 if try_send is None:
                     await self._transport_base.send_all(chunk)
                     yielded = True
