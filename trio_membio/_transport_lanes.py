@@ -225,7 +225,8 @@ class TransportLanes(TLSConnectionInfo):
 
         A send that fails breaks only the sending direction: receiving goes
         on, dropping output that can never be sent (rule 4). Returns whether
-        this task yielded.
+        this task yielded (False after a failure: it may have failed before
+        yielding).
         """
         self._sending = True
         try:
@@ -233,7 +234,7 @@ class TransportLanes(TLSConnectionInfo):
         except trio.BrokenResourceError:
             if self._broken is not None:
                 raise
-            return True
+            return False
         finally:
             self._release_send_lane()
 
