@@ -221,6 +221,22 @@ def test_read_returns_none_when_it_needs_more_ciphertext() -> None:
     assert server.read(100) is None
 
 
+def test_return_unsent_goes_out_first_and_keeps_the_order() -> None:
+    client, server = connected()
+    client.write(b"first record")
+    taken = client.data_to_send()
+    assert client.output_bio.pending == 0
+    client.return_unsent(memoryview(taken)[3:])  # the socket took only 3 bytes
+    assert client.output_bio.pending == client.bytes_to_send == len(taken) - 3
+    client.write(b" and more")
+    # The peer decrypts both records: any reordering would fail the record MAC.
+    server.receive_data(taken[:3] + client.data_to_send())
+    assert server.read(100) == b"first record and more"
+    client.write(b"queued")
+    with pytest.raises(RuntimeError, match="more ciphertext was queued"):
+        client.return_unsent(b"late")
+
+
 # ------------------------------------------------------------------ truncation
 
 

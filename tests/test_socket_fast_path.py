@@ -133,3 +133,58 @@ async def test_connection_reset_is_broken_resource() -> None:
         await client.receive_some()
     await client.aclose()
     await server.aclose()
+
+
+async def test_small_sends_into_a_full_socket_queue_in_order() -> None:
+    # One-record sends (the express path) that the socket takes only in part:
+    # the rest goes back to the front of the queue and waits for room, and
+    # the peer still receives every byte, in order.
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    chunks = [bytes([i]) * 65536 for i in range(64)]  # 4 MiB, far beyond the buffers
+
+    async def send_everything() -> None:
+        for chunk in chunks:
+            await client.send_all(chunk)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_everything)
+            await trio.testing.wait_all_tasks_blocked()  # the sender waits for room
+            assert client.statistics().plaintext_sent < len(chunks) * 65536
+            received = bytearray()
+            while len(received) < len(chunks) * 65536:
+                received += await server.receive_some()
+    assert received == b"".join(chunks)
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_cancelled_small_send_on_a_full_socket_breaks_sending_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    with trio.move_on_after(1) as scope:
+        while True:  # nobody reads: some send ends up half-written, waiting
+            await client.send_all(bytes(65536))
+    assert scope.cancelled_caught
+    with pytest.raises(trio.BrokenResourceError, match="earlier send"):
+        await client.send_all(b"x")
+    await server.send_all(b"receiving still works")
+    assert await client.receive_some() == b"receiving still works"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_send_after_the_transport_sent_eof_names_the_cause() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    await client.transport_stream.send_eof()  # behind the TLS layer's back
+    with pytest.raises(trio.BrokenResourceError, match="after sending EOF") as info:
+        await client.send_all(b"x")
+    assert isinstance(info.value.__cause__, trio.ClosedResourceError)
+    await server.send_all(b"receiving still works")
+    assert await client.receive_some() == b"receiving still works"
+    await client.aclose()
+    await server.aclose()

@@ -47,12 +47,6 @@ class SocketFastPath:
         """The socket, for :func:`trio.lowlevel.wait_readable` after try_receive()."""
         return self._socket
 
-    def _descriptor(self) -> int:
-        descriptor = self._socket.fileno()
-        if descriptor < 0:
-            raise trio.ClosedResourceError("the transport socket was closed")
-        return descriptor
-
     def try_receive(self, max_bytes: int) -> bytes | None:
         """Receive what is there without waiting: b"" at end, None if nothing yet."""
         descriptor = self._socket.fileno()
