@@ -139,3 +139,76 @@ def test_without_anyio_the_suite_reports_it_unavailable(tmp_path: Path) -> None:
     for name in ("bulk-memory", "idle-memory"):
         assert document["workloads"][name]["skipped"]["anyio"] == "not installed"
     assert "anyio" in stdout
+
+
+@pytest.mark.parametrize(
+    ("workload", "amount"),
+    [("ping-pong", "50"), ("handshake-full", "3"), ("bulk-memory", "1"), ("bulk-tcp", "1")],
+)
+def test_bench_one_runs_a_single_workload(workload: str, amount: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_one.py"), workload, "membio", amount],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    name, _, value = completed.stdout.strip().rpartition(": ")
+    assert name == f"{workload} membio"
+    assert float(value.replace(",", "")) > 0
+
+
+def test_bench_one_rejects_an_unknown_workload() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_one.py"), "no-such-workload", "membio"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "WORKLOAD" in completed.stderr
+
+
+def test_profile_breakdown_charges_each_sample_to_one_layer(tmp_path: Path) -> None:
+    run = "<module> (bench_one.py:50);run (trio/_core/_run.py:2532)"
+    profile = tmp_path / "profile.txt"
+    profile.write_text(
+        "\n".join(
+            [
+                # OpenSSL: native code under SSLObject.read
+                f"{run};TLSEngine.read (trio_membio/_engine.py:312);"
+                "SSLObject.read (ssl.py:921);EVP_DecryptUpdate (libcrypto.so.3) 50",
+                # a system call made from the socket fast path
+                f"{run};SocketFastPath.try_send (trio_membio/_socket_fast_path.py:68);"
+                "write (libc.so.6) 30",
+                # this package's Python
+                f"{run};MemoryBIOStream.send_all (trio_membio/_stream.py:400) 10",
+                # trio's scheduler
+                f"{run};unrolled_run (trio/_core/_run.py:2744) 8",
+                # the benchmark's own code
+                "<module> (bench_one.py:50);Verifier.feed (bench_common.py:141) 2",
+                # startup is left out
+                "<module> (bench_one.py:1);_find_and_load (<frozen importlib._bootstrap>:1176) 99",
+            ]
+        )
+        + "\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, str(BENCH.parent / "profile_breakdown.py"), str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == f"{profile}: 100 samples"
+    assert [line.split() for line in lines[1:]] == [
+        ["50.0%", "OpenSSL"],
+        ["30.0%", "system", "calls"],
+        ["10.0%", "trio_membio"],
+        ["8.0%", "trio"],
+        ["2.0%", "the", "benchmark"],
+    ]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,82 @@ def ratio_table(workloads: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Target:
+    """One performance target: MemoryBIOStream's number against a peer's, per round."""
+
+    text: str
+    workload: str
+    peer: str | None  # None: MemoryBIOStream's own number (minus the bare transport's)
+    limit: float
+    at_least: bool  # True: the ratio (or number) must be >= limit; False: <=
+
+
+#: The targets of the performance issue (ratios taken round by round).
+TARGETS = (
+    Target("bulk over TCP, ratio to trio.SSLStream", "bulk-tcp", "trio_ssl", 1.7, True),
+    Target("bulk over TCP, ratio to anyio's TLSStream", "bulk-tcp", "anyio", 1.2, True),
+    Target("ping-pong, ratio to trio.SSLStream", "ping-pong", "trio_ssl", 2.5, True),
+    Target("ping-pong, ratio to trio with no TLS", "ping-pong", "plain_trio", 0.8, True),
+    Target("full handshakes, ratio to trio.SSLStream", "handshake-full", "trio_ssl", 1.3, True),
+    Target(
+        "bulk over memory_stream_pair, ratio to trio.SSLStream",
+        "bulk-memory",
+        "trio_ssl",
+        2.0,
+        True,
+    ),
+    Target(
+        "Python heap per idle stream, bytes (minus the bare transport's)",
+        "idle-memory",
+        None,
+        2048,
+        False,
+    ),
+    Target("peak extra heap in send_all(1 MiB), bytes", "send-peak-1MiB", None, 300_000, False),
+    Target("peak extra heap in send_all(64 MiB), bytes", "send-peak-64MiB", None, 300_000, False),
+)
+
+
+def target_value(workloads: dict[str, Any], target: Target) -> tuple[float, float, float] | None:
+    """Median, min and max over rounds of what the target measures, if the run has it."""
+    workload = workloads.get(target.workload)
+    if workload is None or MEMBIO not in workload["results"]:
+        return None
+    ours = workload["results"][MEMBIO]["rounds"]
+    if target.peer is not None:
+        peer = workload["results"].get(target.peer)
+        if peer is None:
+            return None
+        values = [a / b for a, b in zip(ours, peer["rounds"], strict=True)]
+    elif target.workload == "idle-memory":
+        bare = workload["results"].get("plain_trio")
+        if bare is None:
+            return None
+        values = [a - b for a, b in zip(ours, bare["rounds"], strict=True)]
+    else:
+        values = list(ours)
+    return statistics.median(values), min(values), max(values)
+
+
+def target_table(workloads: dict[str, Any]) -> list[str]:
+    """Each target with this run's median (min-max over rounds) and whether it holds."""
+    lines = ["| target | limit | this run (min-max) | met |", "|---|--:|--:|:-:|"]
+    for target in TARGETS:
+        found = target_value(workloads, target)
+        if found is None:
+            continue
+        median, low, high = found
+        met = median >= target.limit if target.at_least else median <= target.limit
+        shown = ratio if target.peer is not None else number
+        sign = ">=" if target.at_least else "<="
+        lines.append(
+            f"| {target.text} | {sign} {shown(target.limit)} "
+            f"| {shown(median)} ({shown(low)}-{shown(high)}) | {'yes' if met else '**no**'} |"
+        )
+    return lines
+
+
 def render(document: dict[str, Any]) -> str:
     """The Markdown fragment: where it ran, then the two tables."""
     versions = document["versions"]
@@ -97,6 +175,11 @@ def render(document: dict[str, Any]) -> str:
         "n/a where a workload does not apply):",
         "",
         *ratio_table(document["workloads"], document["implementations"]),
+        "",
+        "The targets, computed round by round from the same numbers (median of the "
+        "per-round values):",
+        "",
+        *target_table(document["workloads"]),
         "",
     ]
     return "\n".join(lines)
