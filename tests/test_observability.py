@@ -148,3 +148,34 @@ async def test_trace_logger_at_debug(caplog: pytest.LogCaptureFixture) -> None:
 async def test_no_tracing_engine_unless_asked() -> None:
     client, _ = await handshaken_pair()
     assert type(client._engine).__name__ == "TLSEngine"
+
+
+async def test_trace_takes_back_what_a_full_socket_did_not_take() -> None:
+    events: list[TraceEvent] = []
+    left, right = trio.socket.socketpair()
+    client = MemoryBIOStream(
+        trio.SocketStream(left), client_context(), server_hostname=HOSTNAME, trace=events.append
+    )
+    server = MemoryBIOStream(trio.SocketStream(right), server_context(), server_side=True)
+    await handshake_both(client, server)
+    total = 64 * 65536  # far beyond the socket buffers
+
+    async def send_everything() -> None:
+        for _ in range(64):  # one-record sends
+            await client.send_all(bytes(65536))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_everything)
+            await trio.testing.wait_all_tasks_blocked()  # the socket is full
+            received = 0
+            while received < total:
+                received += len(await server.receive_some())
+    unsent = [event for event in events if event.operation == "unsent"]
+    assert unsent
+    assert "transport -> outgoing BIO" in str(unsent[0])
+    sent = sum(event.size for event in events if event.operation == "send")
+    taken_back = sum(event.size for event in unsent)
+    assert sent - taken_back == client.statistics().ciphertext_sent
+    await client.aclose()
+    await server.aclose()

@@ -37,8 +37,11 @@ class TraceEvent(NamedTuple):
     """``size`` bytes moved from ``source`` to ``target`` during ``operation``.
 
     ``operation`` is one of ``"receive"``, ``"send"``, ``"handshake"``,
-    ``"read"``, ``"write"``, ``"close_notify"``, ``"unwrap"``, ``"eof"``. An
-    ``"eof"`` event has size 0: the transport ended.
+    ``"read"``, ``"write"``, ``"close_notify"``, ``"unwrap"``, ``"eof"``,
+    ``"unsent"``. An ``"eof"`` event has size 0: the transport ended. An
+    ``"unsent"`` event (transport -> outgoing BIO) takes back part of the
+    ``"send"`` before it: a socket that took only part of the ciphertext, whose
+    rest waits in the outgoing BIO to be sent again.
     """
 
     source: Stage
@@ -92,6 +95,10 @@ class TracingEngine(TLSEngine):
         if data:
             self._trace(TraceEvent(Stage.OUTGOING_BIO, Stage.TRANSPORT, len(data), "send"))
         return data
+
+    def return_unsent(self, ciphertext: bytes | memoryview) -> None:
+        super().return_unsent(ciphertext)
+        self._trace(TraceEvent(Stage.TRANSPORT, Stage.OUTGOING_BIO, len(ciphertext), "unsent"))
 
     def do_handshake(self) -> bool:
         before = self._buffers()
