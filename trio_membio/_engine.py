@@ -121,7 +121,7 @@ class TLSEngine:
         self._outgoing = ssl.MemoryBIO()
         #: The outgoing BIO, for testing ``output_bio.pending`` (nonzero
         #: exactly when bytes_to_send is). Take bytes out with data_to_send().
-        self.output_bio = self._outgoing
+        self.output_bio: ssl.MemoryBIO = self._outgoing
         self.ssl_object: ssl.SSLObject = ssl_context.wrap_bio(
             self._incoming,
             self._outgoing,
