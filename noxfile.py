@@ -106,9 +106,19 @@ def verifytypes(session: nox.Session) -> None:
 SDIST_FILES = (
     "pyproject.toml",
     "README.md",
+    "noxfile.py",
     "trio_membio/py.typed",
     "trio_membio/testing/__init__.py",
     "trio_membio/testing/strategies.py",
+    # what the test suite needs besides the test files themselves
+    "tests/__init__.py",
+    "tests/conftest.py",
+    "tests/helpers.py",
+    "tests/transports.py",
+    "tests/peers.py",
+    "benchmarks/bench.py",
+    "docs/index.md",
+    "docs/_static/bench.json",
 )
 
 
