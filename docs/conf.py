@@ -116,7 +116,7 @@ nitpick_ignore_regex = [
 ]
 
 # Names as Python reports them that the Python docs spell differently.
-PRIVATE_STDLIB_NAMES = {"_ssl.SSLSession": "ssl.SSLSession"}
+PRIVATE_STDLIB_NAMES = {"_ssl.SSLSession": "ssl.SSLSession", "_ssl.MemoryBIO": "ssl.MemoryBIO"}
 
 # -------------------------------------------------------------------- HTML
 
