@@ -397,16 +397,11 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 return
             data_type = type(data)
             small = len(data) <= PLAINTEXT_CHUNK and (data_type is bytes or data_type is bytearray)
-            try_send = self._try_send
-            if (
-                small
-                and try_send is not None
-                and not self._sending
-                and not self._handshake_output_queued
-            ):
-                # The express lane: one record that the socket takes at once,
-                # the usual case on TCP. Whatever it cannot finish (a TLS 1.2
-                # renegotiation, a full socket) goes on below.
+            if small and not self._sending and not self._handshake_output_queued:
+                # The express lane: one record, encrypted and sent at once; on
+                # a socket, tried without waiting (the usual case on TCP).
+                # Whatever it cannot finish (a TLS 1.2 renegotiation) goes on
+                # below.
                 self._sending = True
                 try:
                     try:
@@ -415,18 +410,22 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         await self._fail(exc, "TLS error while sending", lane_held=True)
                     self._plaintext_sent += written
                     if written == len(data):
-                        ciphertext = engine.data_to_send()
-                        try:
-                            sent = try_send(ciphertext)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                            self._raise_transport_error(exc, sending=True)
-                        self._ciphertext_sent += sent
-                        if sent == len(ciphertext):
-                            yielded = False
-                        else:
-                            # Back in front of the queue, to wait for room.
-                            engine.return_unsent(memoryview(ciphertext)[sent:])
+                        try_send = self._try_send
+                        if try_send is None:
                             yielded = await self._send_queued_holding_lane()
+                        else:
+                            ciphertext = engine.data_to_send()
+                            try:
+                                sent = try_send(ciphertext)
+                            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                                self._raise_transport_error(exc, sending=True)
+                            self._ciphertext_sent += sent
+                            if sent == len(ciphertext):
+                                yielded = False
+                            else:
+                                # Back in front of the queue, to wait for room.
+                                engine.return_unsent(memoryview(ciphertext)[sent:])
+                                yielded = await self._send_queued_holding_lane()
                 finally:
                     self._sending = False
                     if self._changed is not None:
