@@ -59,6 +59,7 @@ so is deciding *when*: the engine owns only the byte-level rules, which are:
 from __future__ import annotations
 
 import ssl
+import sys
 from typing import Final, NoReturn
 
 __all__ = ["TLSEngine", "TLSTruncationError"]
@@ -307,24 +308,7 @@ class TLSEngine:
             return data
         # More whole records may be waiting: drain them into one result.
         parts = [data]
-        while received < max_bytes and self._incoming.pending:
-            try:
-                data = ssl_object.read(max_bytes - received)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._close_notify_received = True
-                break
-            except ssl.SSLError as exc:
-                # The records before this one were authentic: hand them out now
-                # and report the error on the next call.
-                self._failure = exc
-                break
-            if not data:
-                self._close_notify_received = True
-                break
-            parts.append(data)
-            received += len(data)
+        self._decrypt_into(parts, max_bytes - received, max_bytes - received)
         return b"".join(parts)
 
     def write(self, data: bytes | bytearray | memoryview) -> int | None:
@@ -509,25 +493,37 @@ class TLSEngine:
         So before a write, whatever is decryptable is read out first (rule 7);
         read() returns it before anything else.
         """
-        ssl_object = self.ssl_object
         parts = [self._unread_plaintext]
-        while self._incoming.pending or ssl_object.pending():
+        self._decrypt_into(parts, sys.maxsize, _SET_ASIDE_CHUNK)
+        self._unread_plaintext = b"".join(parts)
+
+    def _decrypt_into(self, parts: list[bytes], limit: int, chunk: int) -> None:
+        """Append the plaintext of buffered records to ``parts``, up to ``limit`` bytes.
+
+        Reads at most ``chunk`` bytes at a time, and stops when no whole
+        record is left. A close_notify ends it (remembered); so does a bad
+        record: the records before it were authentic, so the error is kept
+        for the next read() to raise after them.
+        """
+        ssl_object = self.ssl_object
+        incoming = self._incoming
+        added = 0
+        while added < limit and (incoming.pending or ssl_object.pending()):
             try:
-                data = ssl_object.read(_SET_ASIDE_CHUNK)
+                data = ssl_object.read(min(limit - added, chunk))
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
                 self._close_notify_received = True
                 break
             except ssl.SSLError as exc:
-                # Reported by the next read(), after the authentic data.
                 self._failure = exc
                 break
             if not data:
                 self._close_notify_received = True
                 break
             parts.append(data)
-        self._unread_plaintext = b"".join(parts)
+            added += len(data)
 
     def _release_held_output(self) -> None:
         held = self._held_output
