@@ -110,7 +110,7 @@ TARGETS = (
         "Python heap per idle stream, bytes (minus the bare transport's)",
         "idle-memory",
         None,
-        2048,
+        2000,
         False,
     ),
     Target("peak extra heap in send_all(1 MiB), bytes", "send-peak-1MiB", None, 300_000, False),
