@@ -8,6 +8,8 @@ import struct
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 from trio.testing import assert_checkpoints
 
 from trio_membio import MemoryBIOStream
@@ -188,3 +190,53 @@ async def test_send_after_the_transport_sent_eof_names_the_cause() -> None:
     assert await client.receive_some() == b"receiving still works"
     await client.aclose()
     await server.aclose()
+
+
+_PATTERN = bytes(range(256)) * 300
+
+
+def _message(index: int, size: int) -> bytes:
+    offset = (index * 37) % 256
+    return (_PATTERN * (size // len(_PATTERN) + 1))[offset : offset + size]
+
+
+@given(
+    sizes=st.lists(st.integers(1, 70_000), min_size=1, max_size=12),
+    read_sizes=st.lists(st.integers(1, 100_000), min_size=1, max_size=6),
+    buffer_size=st.sampled_from([2048, 8192, 65536]),
+)
+def test_any_sends_through_a_small_socket_buffer_arrive_whole(
+    sizes: list[int], read_sizes: list[int], buffer_size: int
+) -> None:
+    """One-record and multi-record sends, socket buffers that take any part of them."""
+
+    async def body() -> None:
+        left, right = trio.socket.socketpair()
+        for sock in (left, right):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
+        client = MemoryBIOStream(
+            trio.SocketStream(left), client_context(), server_hostname=HOSTNAME
+        )
+        server = MemoryBIOStream(trio.SocketStream(right), server_context(), server_side=True)
+        messages = [_message(index, size) for index, size in enumerate(sizes)]
+        expected = b"".join(messages)
+        received = bytearray()
+
+        async def send_all() -> None:
+            for message in messages:
+                await client.send_all(message)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)
+                reads = 0
+                while len(received) < len(expected):
+                    received.extend(await server.receive_some(read_sizes[reads % len(read_sizes)]))
+                    reads += 1
+        assert received == expected
+        assert client.statistics().ciphertext_sent == server.statistics().ciphertext_received
+        await client.aclose()
+        await server.aclose()
+
+    trio.run(body)
