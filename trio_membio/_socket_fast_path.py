@@ -37,19 +37,18 @@ _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 class SocketFastPath:
     """send_all / receive_some straight on a SocketStream's descriptor."""
 
-    __slots__ = ("_socket",)
+    __slots__ = ("_fileno", "_socket", "socket")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._socket = stream.socket
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        """The socket, for :func:`trio.lowlevel.wait_readable` after try_receive()."""
-        return self._socket
+        #: The socket, for :func:`trio.lowlevel.wait_readable` after try_receive().
+        self.socket: trio.socket.SocketType = stream.socket
+        # Looked up on every call: -1 once the socket is closed.
+        self._fileno = stream.socket.fileno
 
     def try_receive(self, max_bytes: int) -> bytes | None:
         """Receive what is there without waiting: b"" at end, None if nothing yet."""
-        descriptor = self._socket.fileno()
+        descriptor = self._fileno()
         if descriptor < 0:
             raise trio.ClosedResourceError("the transport socket was closed")
         try:
@@ -61,7 +60,7 @@ class SocketFastPath:
 
     def try_send(self, data: bytes | memoryview) -> int:
         """Send what the socket takes now, without waiting; return how much."""
-        descriptor = self._socket.fileno()
+        descriptor = self._fileno()
         if descriptor < 0:
             raise trio.ClosedResourceError("the transport socket was closed")
         try:

@@ -42,6 +42,7 @@ import ssl
 from typing import Final, Generic, TypeVar
 
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from ._conflict import ConflictDetector
 from ._connection_info import PeerCertificate
@@ -204,9 +205,9 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 the call.
         """
         self._check_usable()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         if self._handshook:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await cancel_shielded_checkpoint()
             return
         await self._ensure_handshake()
 
@@ -237,7 +238,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         self._check_usable()
         self._handshook = True
         if not yielded:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await cancel_shielded_checkpoint()
 
     async def _drive_handshake(self) -> bool:
         engine = self._engine
@@ -298,7 +299,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     max_bytes = operator.index(max_bytes)
                 if max_bytes < 1:
                     raise ValueError("max_bytes must be at least 1")
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             engine = self._engine
             output_bio = engine.output_bio
             yielded = False
@@ -320,7 +321,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     if self._https_compatible:
                         self._end(ConnectionEnd.TRUNCATED)
                         if not yielded:
-                            await trio.lowlevel.cancel_shielded_checkpoint()
+                            await cancel_shielded_checkpoint()
                         return b""
                     await self._fail(exc, TRUNCATED)
                 except ssl.SSLError as exc:
@@ -347,7 +348,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     else:
                         self._end(ConnectionEnd.CLOSE_NOTIFY)
                     if not yielded:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        await cancel_shielded_checkpoint()
                     return data
                 yielded = await self._receive_ciphertext() or yielded
         finally:
@@ -385,7 +386,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 self._check_can_send()
             if self._eof_sent:
                 self._check_can_send()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             engine = self._engine
             if not self._handshook:
                 await self._ensure_handshake()
@@ -393,7 +394,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 if not data:
                     return
             elif not data:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
                 return
             data_type = type(data)
             small = len(data) <= PLAINTEXT_CHUNK and (data_type is bytes or data_type is bytearray)
@@ -432,7 +433,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         self._notify_change()
                 if written == len(data):
                     if not yielded:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        await cancel_shielded_checkpoint()
                     return
                 if written:
                     data = memoryview(data)[written:]
@@ -493,7 +494,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     if self._changed is not None:
                         self._notify_change()
             if not yielded:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
         finally:
             conflict.in_use = False
 
@@ -510,7 +511,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         """
         with self._send_conflict:
             self._check_can_send()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             await self._acquire_send_lane()
             try:
                 try:
@@ -546,9 +547,9 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         """
         with self._send_conflict:
             self._check_usable()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             if self._eof_sent:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
                 return
             engine = self._engine
             if not self._handshook:
@@ -571,7 +572,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             finally:
                 self._release_send_lane()
             if not yielded:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
 
     # ----------------------------------------------------------------- close
 
@@ -648,7 +649,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         """
         with self._receive_conflict, self._send_conflict:
             self._check_usable()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             engine = self._engine
             yielded = False
             if not self._handshook:
@@ -676,14 +677,14 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 # The peer sent data before its close_notify that nobody
                 # received. Keep it readable rather than drop it.
                 if not yielded:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await cancel_shielded_checkpoint()
                 raise UnreadDataError(
                     f"the peer sent {engine.buffered_plaintext} bytes of data before its "
                     "close_notify that were never received: call receive_some() until it "
                     "returns b'', then unwrap() again"
                 )
             if not yielded:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
             self._closed = True
             self._end(ConnectionEnd.UNWRAPPED)
             self._notify_change()
