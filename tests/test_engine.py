@@ -232,9 +232,13 @@ def test_return_unsent_goes_out_first_and_keeps_the_order() -> None:
     # The peer decrypts both records: any reordering would fail the record MAC.
     server.receive_data(taken[:3] + client.data_to_send())
     assert server.read(100) == b"first record and more"
-    client.write(b"queued")
-    with pytest.raises(RuntimeError, match="more ciphertext was queued"):
-        client.return_unsent(b"late")
+    # A window taken from a longer queue: its tail goes back ahead of the rest.
+    client.write(b"one")
+    client.write(b"two")
+    window = client.data_to_send(10)  # part of the first record only
+    client.return_unsent(window[4:])  # 4 bytes went out
+    server.receive_data(window[:4] + client.data_to_send())
+    assert server.read(100) == b"onetwo"
 
 
 # ------------------------------------------------------------------ truncation

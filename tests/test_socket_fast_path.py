@@ -240,3 +240,116 @@ def test_any_sends_through_a_small_socket_buffer_arrive_whole(
         await server.aclose()
 
     trio.run(body)
+
+
+# A read can queue TLS output (a TLS 1.2 renegotiation reply). These tests
+# queue records in the engine directly, the way such a read would, to put a
+# receiver in front of output it must send (lanes rule 6).
+
+
+async def test_receiver_sends_queued_output_once_the_socket_has_room() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    client._engine.write(b"queued by a read")  # in the outgoing BIO, not sent
+    async with trio.open_nursery() as nursery:
+        received: list[bytes] = []
+
+        async def receive() -> None:
+            received.append(bytes(await client.receive_some()))
+
+        nursery.start_soon(receive)
+        with trio.fail_after(5):
+            # The waiting receiver found the socket writable and sent it.
+            assert await server.receive_some() == b"queued by a read"
+            await server.send_all(b"answer")
+    assert received == [b"answer"]
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_full_socket_does_not_stop_the_receiver_from_reading() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    queued = bytes(range(256)) * 16384  # 4 MiB: far more than the socket holds
+    for start in range(0, len(queued), 16384):
+        client._engine.write(queued[start : start + 16384])
+    async with trio.open_nursery() as nursery:
+        received: list[bytes] = []
+
+        async def receive() -> None:
+            received.append(bytes(await client.receive_some()))
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        # The receiver filled the socket and now waits to read or to write.
+        assert client._engine.output_bio.pending > 0
+        await server.send_all(b"answer")  # the server does not read yet
+    assert received == [b"answer"]
+    # The rest of the queue goes out, in order, ahead of the next send.
+    got = bytearray()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, b" and more")
+            while len(got) < len(queued) + len(b" and more"):
+                got += await server.receive_some()
+    assert got == queued + b" and more"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_closing_the_stream_wakes_a_receiver_waiting_to_read_or_write() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    queued = bytes(4 * 1024 * 1024)
+    for start in range(0, len(queued), 16384):
+        client._engine.write(queued[start : start + 16384])
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await client.receive_some()
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()
+    await server.aclose()
+
+
+async def test_cancelled_while_waiting_to_read_or_write_loses_nothing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    queued = bytes(range(256)) * 16384  # 4 MiB
+    for start in range(0, len(queued), 16384):
+        client._engine.write(queued[start : start + 16384])
+    with trio.move_on_after(1) as scope:
+        await client.receive_some()  # fills the socket, then waits
+    assert scope.cancelled_caught  # a plain Cancelled, caught by its scope
+    # Nothing was lost: the queue and the stream are intact.
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"!")
+        while len(got) < len(queued) + 1:
+            got += await server.receive_some()
+    assert got == queued + b"!"
+    await server.send_all(b"still receiving")
+    assert await client.receive_some() == b"still receiving"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_queued_output_that_cannot_be_sent_breaks_only_sending() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    client._engine.write(b"queued by a read")
+    await server.send_all(b"last words")
+    server.transport_stream.socket.close()  # the peer is gone: writes fail
+    # The receive still hands out what arrived, then reports the lost end.
+    assert await client.receive_some() == b"last words"
+    with pytest.raises(trio.BrokenResourceError):
+        await client.receive_some()
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"x")
+    await client.aclose()
+    await server.aclose()

@@ -454,16 +454,14 @@ class TLSEngine:
     def return_unsent(self, ciphertext: bytes | memoryview) -> None:
         """Give back the unsent tail of what :meth:`data_to_send` returned.
 
-        It goes out first next time. Only valid while nothing else has been
-        queued since that call (the caller has not run any other operation):
-        then putting it back into the empty outgoing BIO keeps the byte order.
-
-        Raises:
-            RuntimeError: other ciphertext was queued in between.
+        It goes out first next time, ahead of anything queued since. (The
+        BIO is a FIFO: queued bytes, if any, are taken out and put back behind
+        it, a copy that only a partly sent window costs.)
         """
-        if self._outgoing.pending:
-            raise RuntimeError("return_unsent() after more ciphertext was queued")
+        queued = self._outgoing.read() if self._outgoing.pending else b""
         self._outgoing.write(ciphertext)
+        if queued:
+            self._outgoing.write(queued)
 
     def abandon_write(self) -> None:
         """Forget a write that returned None, to write different data instead.

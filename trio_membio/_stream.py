@@ -332,13 +332,20 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     if self._send_broken is not None or self._eof_sent:
                         engine.data_to_send()  # it can never be sent (lanes rule 4)
                     elif not self._sending:
-                        # Keep the plaintext in the engine meanwhile: a
-                        # cancelled or failed send must not lose it.
-                        if data:
-                            engine.put_back(data)
-                        yielded = await self._send_output_of_receive() or yielded
-                        if data:
-                            continue
+                        if self._fast_path is not None:
+                            # What the socket takes now; the rest waits in the
+                            # queue, sent by the next sender or by this receive
+                            # once the socket has room, so that a full socket
+                            # never stops us reading (lanes rule 6).
+                            self._send_output_now()
+                        else:
+                            # Keep the plaintext in the engine meanwhile: a
+                            # cancelled or failed send must not lose it.
+                            if data:
+                                engine.put_back(data)
+                            yielded = await self._send_output_of_receive() or yielded
+                            if data:
+                                continue
                     # Otherwise the send lane's holder sends it (lanes rule 2).
                 if data is not None:
                     if data:

@@ -36,12 +36,22 @@ holds the machinery the public methods in ``_stream.py`` are built from:
    the one checkpoint trio's contract requires only when nothing else was one.
    A trio.SocketStream transport is driven through its socket directly
    (``_socket_fast_path.py``); any other through its methods.
+
+6. **A full socket never stops a receive from reading.** Output that a read
+   queued (a TLS 1.2 renegotiation reply) is sent, on the socket fast path,
+   as far as the socket takes it at once; the rest stays queued. A receive
+   that must then wait for the transport waits for the socket to become
+   readable *or* writable, sending more when it can. Waiting only to write
+   would deadlock with a peer that is itself blocked writing to us (a
+   full-duplex echo), and waiting only to read, with a peer waiting for the
+   reply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn
 
@@ -50,10 +60,13 @@ import trio
 from ._connection_info import TLSConnectionInfo
 from ._engine import TLSEngine, TLSTruncationError
 from ._errors import describe_tls_error
-from ._socket_fast_path import fast_path_for
+from ._socket_fast_path import SocketFastPath, fast_path_for
 from ._statistics import ConnectionEnd
 
 __all__ = ["TransportLanes"]
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 #: How much ciphertext one transport receive asks for.
 TRANSPORT_RECEIVE_SIZE: Final = 262144
@@ -136,7 +149,16 @@ class TransportLanes(TLSConnectionInfo):
                     data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
                     yielded = data is None
                     while data is None:
-                        await trio.lowlevel.wait_readable(fast_path.socket)
+                        if self._output_waits_for_room():
+                            # A read queued output that the socket had no room
+                            # for (a TLS 1.2 renegotiation reply). Waiting only
+                            # to write could deadlock with a peer that is
+                            # itself blocked writing to us, and waiting only to
+                            # read, with a peer that waits for that output.
+                            await self._wait_to_read_or_write(fast_path)
+                            self._send_output_now()
+                        else:
+                            await trio.lowlevel.wait_readable(fast_path.socket)
                         data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, sending=False)
@@ -219,6 +241,65 @@ class TransportLanes(TLSConnectionInfo):
         finally:
             self._release_send_lane()
         return yielded or sent_yielded
+
+    def _output_waits_for_room(self) -> bool:
+        """Whether queued output (not ours to hold back) waits for a free send lane."""
+        return bool(
+            self._engine.output_bio.pending
+            and not self._sending
+            and self._send_broken is None
+            and not self._eof_sent
+            and not self._closed
+        )
+
+    def _send_output_now(self) -> None:
+        """Fast path: send what the socket takes of the queued output, without waiting.
+
+        The rest stays queued, in order, for whoever sends next: the send
+        lane's holder, or this receive once the socket has room. Called with
+        the send lane free. A failed send breaks the sending direction only
+        (rule 4); receiving goes on.
+        """
+        engine = self._engine
+        try_send = self._try_send
+        assert try_send is not None  # the fast path
+        while self._output_waits_for_room():
+            chunk = engine.data_to_send(SEND_WINDOW)
+            try:
+                sent = try_send(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    self._raise_transport_error(exc, sending=True)
+                if self._broken is not None:
+                    raise
+                return
+            self._ciphertext_sent += sent
+            if sent < len(chunk):
+                engine.return_unsent(memoryview(chunk)[sent:])
+                return
+
+    async def _wait_to_read_or_write(self, fast_path: SocketFastPath) -> None:
+        """Wait until the socket is readable or writable, holding the send lane.
+
+        Holding the lane keeps any other task from waiting to write on the
+        socket meanwhile (trio allows one writer-waiter per socket).
+        """
+        self._sending = True
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def wait(waiter: Callable[[trio.socket.SocketType], Awaitable[None]]) -> None:
+                    await waiter(fast_path.socket)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wait, trio.lowlevel.wait_readable)
+                nursery.start_soon(wait, trio.lowlevel.wait_writable)
+        except BaseExceptionGroup as group:
+            # Raise what one wait would have: ClosedResourceError if the
+            # socket was closed, else Cancelled.
+            raise _first_leaf(group) from None
+        finally:
+            self._release_send_lane()
 
     async def _send_output_of_receive(self) -> bool:
         """Send what a read queued; the send lane must be free.
@@ -371,3 +452,21 @@ class TransportLanes(TLSConnectionInfo):
                 if not lane_held:
                     self._release_send_lane()
         raise trio.BrokenResourceError(message) from exc
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in ``group`` that is not Cancelled, else the first Cancelled."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return leaves[0]
