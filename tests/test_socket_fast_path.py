@@ -353,3 +353,57 @@ async def test_queued_output_that_cannot_be_sent_breaks_only_sending() -> None:
         await client.send_all(b"x")
     await client.aclose()
     await server.aclose()
+
+
+async def test_final_flight_sent_by_a_receive_clears_the_handshake_mark(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A driver cancelled while another task held the send lane leaves the
+    # final handshake flight queued; a receive then sends it. After that a
+    # cancelled send must break only sending, as any other send.
+    client, server = socket_pair()
+    driver = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drive_in, client, driver)
+        await trio.testing.wait_all_tasks_blocked()  # ClientHello out
+        client._sending = True  # a lane holder (wait_send_all_might_not_block, say)
+        nursery.start_soon(server.do_handshake)
+        await trio.testing.wait_all_tasks_blocked()  # finished; waits for the lane
+        assert client._engine.handshake_complete
+        driver.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        client._sending = False
+        client._notify_change()
+        queued_before = client._handshake_output_queued
+        nursery.start_soon(server.send_all, b"hello")
+        assert await client.receive_some() == b"hello"  # sent the flight on the way
+    assert queued_before
+    assert client._handshake_output_queued is False
+    with trio.move_on_after(1):
+        await client.send_all(bytes(20_000_000))  # nobody reads: cut short
+    with pytest.raises(trio.BrokenResourceError, match="earlier send"):
+        await client.send_all(b"x")
+    await server.send_all(b"still receiving")
+    assert await client.receive_some() == b"still receiving"
+    await client.aclose()
+    await server.aclose()
+
+
+async def _drive_in(stream: SocketTLS, scope: trio.CancelScope) -> None:
+    with scope:
+        await stream.do_handshake()
+
+
+async def test_plaintext_in_hand_comes_before_a_failed_send_of_queued_output() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    client._engine.write(b"queued TLS output")  # as a read would queue it
+    client._engine.put_back(b"authentic plaintext")  # decrypted earlier
+    # The whole stream broke earlier; its authentic plaintext is still owed.
+    client._broken = ("the transport failed while receiving: reset", None)
+    server.transport_stream.socket.close()  # and sending fails now
+    assert await client.receive_some() == b"authentic plaintext"
+    with pytest.raises(trio.BrokenResourceError, match="while receiving: reset"):
+        await client.receive_some()
+    await client.aclose()
+    await server.aclose()

@@ -338,6 +338,10 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                             # once the socket has room, so that a full socket
                             # never stops us reading (lanes rule 6).
                             self._send_output_now()
+                            if self._broken is not None and not data:
+                                # Plaintext in hand goes out first; the failure
+                                # is reported by the next call.
+                                self._raise_broken()
                         else:
                             # Keep the plaintext in the engine meanwhile: a
                             # cancelled or failed send must not lose it.

@@ -157,11 +157,15 @@ class TransportLanes(TLSConnectionInfo):
                             # read, with a peer that waits for that output.
                             await self._wait_to_read_or_write(fast_path)
                             self._send_output_now()
+                            if self._broken is not None:
+                                break  # raised below, as the stream's own error
                         else:
                             await trio.lowlevel.wait_readable(fast_path.socket)
                         data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._raise_transport_error(exc, sending=False)
+            if data is None:
+                self._raise_broken()
             if data:
                 self._ciphertext_received += len(data)
                 self._engine.receive_data(data)
@@ -261,6 +265,7 @@ class TransportLanes(TLSConnectionInfo):
         (rule 4); receiving goes on.
         """
         engine = self._engine
+        output_bio = engine.output_bio
         try_send = self._try_send
         assert try_send is not None  # the fast path
         while self._output_waits_for_room():
@@ -268,15 +273,19 @@ class TransportLanes(TLSConnectionInfo):
             try:
                 sent = try_send(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # Recorded, not raised: the caller hands out plaintext it
+                # already holds first, and reports the failure after. (A
+                # stream closed meanwhile raises ClosedResourceError.)
                 with contextlib.suppress(trio.BrokenResourceError):
                     self._raise_transport_error(exc, sending=True)
-                if self._broken is not None:
-                    raise
                 return
             self._ciphertext_sent += sent
             if sent < len(chunk):
                 engine.return_unsent(memoryview(chunk)[sent:])
                 return
+        if not output_bio.pending:
+            # A final handshake flight left by a cancelled driver is out too.
+            self._handshake_output_queued = False
 
     async def _wait_to_read_or_write(self, fast_path: SocketFastPath) -> None:
         """Wait until the socket is readable or writable, holding the send lane.
@@ -368,6 +377,11 @@ class TransportLanes(TLSConnectionInfo):
             self._raise_transport_error(exc, sending=True)
         self._handshake_output_queued = False
         return yielded
+
+    def _raise_broken(self) -> NoReturn:
+        """Raise what _check_usable() raises; only after closing or breaking the stream."""
+        self._check_usable()
+        raise AssertionError("the stream is neither closed nor broken")
 
     def _check_usable(self) -> None:
         if self._closed:
