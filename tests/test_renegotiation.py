@@ -410,7 +410,9 @@ async def test_server_renegotiates_while_we_only_send(env: Env) -> None:
     assert result.pending == (run.before == run.after)  # ...answered iff we renegotiated
 
 
-async def test_send_must_receive_past_application_data(env: Env, paths: Paths) -> None:
+async def test_send_must_receive_past_application_data(
+    env: Env, paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A send that must receive while application data precedes the handshake reply.
 
     After a HelloRequest a TLS 1.2 server may go on sending data until it reads
@@ -418,8 +420,23 @@ async def test_send_must_receive_past_application_data(env: Env, paths: Paths) -
     record A; record B then sits in front of the ServerHello and nobody is
     receiving. send_all must get past B to finish the handshake, and B must
     still be delivered afterwards.
+
+    How it gets past B depends on timing: usually the write needs the
+    server's reply and receives it (send_must_receive); if the reply was
+    already buffered, the write first sets B aside (engine rule 7) and the
+    reply is read on the way. Either way is counted.
     """
     a, b, ours = b"A" * 100, b"B" * 100, b"after the HelloRequest"
+    set_aside_by_write = 0
+    set_aside = TLSEngine._set_aside_application_data
+
+    def counting_set_aside(self: TLSEngine) -> None:
+        nonlocal set_aside_by_write
+        before = self.buffered_plaintext
+        set_aside(self)
+        set_aside_by_write += self.buffered_plaintext > before
+
+    monkeypatch.setattr(TLSEngine, "_set_aside_application_data", counting_set_aside)
 
     def server(peer: Peer) -> Outcome:
         peer.start_renegotiation()
@@ -435,4 +452,59 @@ async def test_send_must_receive_past_application_data(env: Env, paths: Paths) -
         await run.stream.send_all(ours)
         assert await receive_exactly(run.stream, len(b + ours)) == b + ours
     run.assert_renegotiated(data=ours)
-    assert paths.send_must_receive >= 1
+    assert paths.send_must_receive + set_aside_by_write >= 1
+
+
+def test_write_sets_aside_the_rest_of_a_partly_read_record(tmp_path: Path) -> None:
+    """Engine rule 7 also covers plaintext a short read() left inside the SSLObject.
+
+    The server asks to renegotiate and sends data; our read() takes 3 of its
+    10 bytes. The other 7 stay in OpenSSL's record buffer (the incoming BIO is
+    empty), and an SSL_write that met them mid-renegotiation failed the
+    connection with SSLEOFError.
+    """
+    server = SSL.Connection(pyopenssl_context("server", tmp_path), None)
+    server.set_accept_state()
+    client = TLSEngine(trio_context("client"), server_hostname=HOSTNAME)
+
+    def to_server() -> None:
+        if data := client.data_to_send():
+            server.bio_write(data)
+
+    def to_client() -> None:
+        with contextlib.suppress(SSL.WantReadError):  # nothing queued
+            client.receive_data(server.bio_read(1 << 20))
+
+    def server_step() -> None:
+        with contextlib.suppress(SSL.WantReadError):
+            server.do_handshake()
+
+    for _ in range(5):
+        client.do_handshake()
+        to_server()
+        server_step()
+        to_client()
+    assert client.do_handshake()
+    to_server()
+    server_step()
+
+    assert server.renegotiate()
+    server_step()  # the HelloRequest
+    server.send(b"0123456789")
+    to_client()
+    assert client.read(3) == b"012"
+    assert client.buffered_ciphertext == 0
+    assert client.ssl_object.pending() == 7
+    assert client.write(b"x") is None  # waits for the server's reply, nothing lost
+    assert client.read(100) == b"3456789"
+    # The renegotiation completes and the write goes through.
+    for _ in range(5):
+        to_server()
+        with contextlib.suppress(SSL.WantReadError):
+            assert server.recv(100) == b"x"
+            break
+        to_client()
+        if client.write(b"x") is not None:
+            to_server()
+    else:
+        raise AssertionError("the renegotiation did not finish")

@@ -341,7 +341,9 @@ class TLSEngine:
             )
         if self._held_output is not None:
             self._release_held_output()
-        if self._renegotiation_possible and self._incoming.pending:
+        if self._renegotiation_possible and (self._incoming.pending or self.ssl_object.pending()):
+            # Buffered records, or the rest of one a short read() left inside
+            # the SSLObject (rule 7).
             self._set_aside_application_data()
             self._raise_if_failed()
         try:
