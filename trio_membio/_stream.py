@@ -422,22 +422,15 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         await self._fail(exc, "TLS error while sending", lane_held=True)
                     self._plaintext_sent += written
                     if written == len(data):
-                        try_send = self._try_send
-                        if try_send is None:
+                        if self._try_send is None:
                             yielded = await self._send_queued_holding_lane()
                         else:
-                            ciphertext = engine.data_to_send()
                             try:
-                                sent = try_send(ciphertext)
+                                sent_all = self._send_queued_now()
                             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                                 self._raise_transport_error(exc, sending=True)
-                            self._ciphertext_sent += sent
-                            if sent == len(ciphertext):
-                                yielded = False
-                            else:
-                                # Back in front of the queue, to wait for room.
-                                engine.return_unsent(memoryview(ciphertext)[sent:])
-                                yielded = await self._send_queued_holding_lane()
+                            # What did not fit waits for room the ordinary way.
+                            yielded = False if sent_all else await self._send_queued_holding_lane()
                 finally:
                     self._sending = False
                     if self._changed is not None:

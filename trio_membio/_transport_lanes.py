@@ -256,36 +256,44 @@ class TransportLanes(TLSConnectionInfo):
             and not self._closed
         )
 
-    def _send_output_now(self) -> None:
-        """Fast path: send what the socket takes of the queued output, without waiting.
+    def _send_queued_now(self) -> bool:
+        """Fast path: send what the socket takes of the queue now; True if all of it.
 
-        The rest stays queued, in order, for whoever sends next: the send
-        lane's holder, or this receive once the socket has room. Called with
-        the send lane free. A failed send breaks the sending direction only
-        (rule 4); receiving goes on.
+        The unsent rest goes back to the front of the queue, in order, to be
+        sent by whoever sends next. The caller holds the send lane, or it is
+        free (nothing here waits). Transport errors propagate.
         """
         engine = self._engine
         output_bio = engine.output_bio
         try_send = self._try_send
         assert try_send is not None  # the fast path
-        while self._output_waits_for_room():
+        while output_bio.pending:
             chunk = engine.data_to_send(SEND_WINDOW)
-            try:
-                sent = try_send(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                # Recorded, not raised: the caller hands out plaintext it
-                # already holds first, and reports the failure after. (A
-                # stream closed meanwhile raises ClosedResourceError.)
-                with contextlib.suppress(trio.BrokenResourceError):
-                    self._raise_transport_error(exc, sending=True)
-                return
+            sent = try_send(chunk)
             self._ciphertext_sent += sent
             if sent < len(chunk):
                 engine.return_unsent(memoryview(chunk)[sent:])
-                return
-        if not output_bio.pending:
-            # A final handshake flight left by a cancelled driver is out too.
-            self._handshake_output_queued = False
+                return False
+        # A final handshake flight left by a cancelled driver is out too.
+        self._handshake_output_queued = False
+        return True
+
+    def _send_output_now(self) -> None:
+        """Send what the socket takes of output a read queued (lanes rule 6).
+
+        Called with the send lane free. A failed send breaks the sending
+        direction only (rule 4); receiving goes on.
+        """
+        if not self._output_waits_for_room():
+            return
+        try:
+            self._send_queued_now()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Recorded, not raised: the caller hands out plaintext it already
+            # holds first, and reports the failure after. (A stream closed
+            # meanwhile raises ClosedResourceError.)
+            with contextlib.suppress(trio.BrokenResourceError):
+                self._raise_transport_error(exc, sending=True)
 
     async def _wait_to_read_or_write(self, fast_path: SocketFastPath) -> None:
         """Wait until the socket is readable or writable, holding the send lane.
