@@ -247,6 +247,12 @@ def test_any_sends_through_a_small_socket_buffer_arrive_whole(
 # receiver in front of output it must send (lanes rule 6).
 
 
+def queue_records(stream: SocketTLS, plaintext: bytes) -> None:
+    """Encrypt ``plaintext`` into the stream's send queue without sending it."""
+    for start in range(0, len(plaintext), 16384):
+        stream._engine.write(plaintext[start : start + 16384])
+
+
 async def test_receiver_sends_queued_output_once_the_socket_has_room() -> None:
     client, server = socket_pair()
     await handshake_both(client, server)
@@ -271,8 +277,7 @@ async def test_full_socket_does_not_stop_the_receiver_from_reading() -> None:
     client, server = socket_pair()
     await handshake_both(client, server)
     queued = bytes(range(256)) * 16384  # 4 MiB: far more than the socket holds
-    for start in range(0, len(queued), 16384):
-        client._engine.write(queued[start : start + 16384])
+    queue_records(client, queued)
     async with trio.open_nursery() as nursery:
         received: list[bytes] = []
 
@@ -300,9 +305,7 @@ async def test_full_socket_does_not_stop_the_receiver_from_reading() -> None:
 async def test_closing_the_stream_wakes_a_receiver_waiting_to_read_or_write() -> None:
     client, server = socket_pair()
     await handshake_both(client, server)
-    queued = bytes(4 * 1024 * 1024)
-    for start in range(0, len(queued), 16384):
-        client._engine.write(queued[start : start + 16384])
+    queue_records(client, bytes(4 * 1024 * 1024))
     async with trio.open_nursery() as nursery:
 
         async def receive() -> None:
@@ -321,8 +324,7 @@ async def test_cancelled_while_waiting_to_read_or_write_loses_nothing(
     client, server = socket_pair()
     await handshake_both(client, server)
     queued = bytes(range(256)) * 16384  # 4 MiB
-    for start in range(0, len(queued), 16384):
-        client._engine.write(queued[start : start + 16384])
+    queue_records(client, queued)
     with trio.move_on_after(1) as scope:
         await client.receive_some()  # fills the socket, then waits
     assert scope.cancelled_caught  # a plain Cancelled, caught by its scope
