@@ -49,7 +49,8 @@ through unchanged, so a FaultyStream with an empty plan is transparent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -209,15 +210,10 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             Exception: the plan's ``error`` at ``raise_at_operation``.
         """
         with self._send_guard:
-            record = await self._begin("send")
-            try:
+            async with self._operation("send") as record:
                 if self._eof_sent_by_caller:
                     raise trio.ClosedResourceError("send_eof() was called on this FaultyStream")
                 await self._send(memoryview(bytes(data)), record)
-            except BaseException as exc:
-                record.outcome = _outcome_of(exc)
-                raise
-            record.outcome = Outcome.OK
 
     async def _send(self, view: memoryview, record: OperationRecord) -> None:
         plan = self._plan
@@ -278,14 +274,9 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             Exception: the plan's ``error`` at ``raise_at_operation``.
         """
         with self._receive_guard:
-            record = await self._begin("receive")
-            try:
+            async with self._operation("receive") as record:
                 data = await self._receive(max_bytes)
-            except BaseException as exc:
-                record.outcome = _outcome_of(exc)
-                raise
-            record.outcome = Outcome.OK
-            record.nbytes = len(data)
+                record.nbytes = len(data)
             return data
 
     async def _receive(self, max_bytes: int | None) -> bytes | bytearray:
@@ -331,13 +322,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             Exception: the plan's ``error`` at ``raise_at_operation``.
         """
         with self._send_guard:
-            record = await self._begin("wait")
-            try:
+            async with self._operation("wait"):
                 await self._inner.wait_send_all_might_not_block()
-            except BaseException as exc:
-                record.outcome = _outcome_of(exc)
-                raise
-            record.outcome = Outcome.OK
 
     async def send_eof(self) -> None:
         """End the sending side (does nothing if ``eof_sent_at`` already did).
@@ -353,8 +339,7 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             Exception: the plan's ``error`` at ``raise_at_operation``.
         """
         with self._send_guard:
-            record = await self._begin("send_eof")
-            try:
+            async with self._operation("send_eof"):
                 inner = self._inner
                 if self._send_ended:
                     self._eof_sent_by_caller = True
@@ -364,10 +349,6 @@ class FaultyStream(trio.abc.HalfCloseableStream):
                     await inner.send_eof()
                 else:
                     raise TypeError(f"{type(inner).__name__} has no send_eof()")
-            except BaseException as exc:
-                record.outcome = _outcome_of(exc)
-                raise
-            record.outcome = Outcome.OK
 
     async def aclose(self) -> None:
         """Close this stream and the wrapped one; wake any task it holds blocked.
@@ -382,6 +363,17 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         await self._inner.aclose()
 
     # -------------------------------------------------------------- helpers
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, kind: str) -> AsyncIterator[OperationRecord]:
+        """Record one operation, apply its operation-numbered faults, note how it ended."""
+        record = await self._begin(kind)
+        try:
+            yield record
+        except BaseException as exc:
+            record.outcome = _outcome_of(exc)
+            raise
+        record.outcome = Outcome.OK
 
     async def _begin(self, kind: str) -> OperationRecord:
         """Record an operation and apply the operation-numbered faults."""
