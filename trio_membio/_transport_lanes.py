@@ -105,15 +105,13 @@ class TransportLanes(TLSConnectionInfo):
         self._transport_base: trio.abc.Stream = transport_stream
         fast_path = fast_path_for(transport_stream)
         self._transport_send: Callable[[bytes], Awaitable[bool]]
-        # With the socket fast path: send and receive without waiting (the
-        # common case, no coroutine), and the waiting halves.
+        # With the socket fast path, sends and receives are tried without
+        # waiting first (the common case: no coroutine at all).
         self._fast_path = fast_path
         self._try_send: Callable[[bytes | memoryview], int] | None = None
-        self._send_rest: Callable[[memoryview], Awaitable[None]]
         if fast_path is not None:
             self._transport_send = fast_path.send_all
             self._try_send = fast_path.try_send
-            self._send_rest = fast_path.send_rest
         else:
             self._transport_send = self._send_through_transport
         self._closed = False
@@ -359,20 +357,11 @@ class TransportLanes(TLSConnectionInfo):
         """
         engine = self._engine
         output_bio = engine.output_bio
-        try_send = self._try_send
         yielded = False
         try:
             while output_bio.pending:
                 chunk = engine.data_to_send(SEND_WINDOW)
-                if try_send is None:
-                    await self._transport_base.send_all(chunk)
-                    yielded = True
-                else:
-                    sent = try_send(chunk)
-                    if sent != len(chunk):
-                        with memoryview(chunk) as view:
-                            await self._send_rest(view[sent:])
-                        yielded = True
+                yielded = await self._transport_send(chunk) or yielded
                 self._ciphertext_sent += len(chunk)
         except trio.Cancelled:
             self._end(ConnectionEnd.CANCELLED)
