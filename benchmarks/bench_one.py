@@ -7,7 +7,7 @@ Usage::
 WORKLOAD is ``bulk-tcp`` (AMOUNT in MiB, default 1024), ``bulk-memory`` (MiB,
 default 1024), ``ping-pong`` (round trips, default 100000) or
 ``handshake-full`` (connections, default 3000); IMPL is ``membio``,
-``trio_ssl``, ``anyio`` or ``plain_trio``. It prints the measurement, nothing
+``trio_ssl``, ``anyio``, ``plain_trio`` or ``floor``. It prints the measurement, nothing
 else, so a sampling profiler sees only the workload (after the imports and
 the certificate). For example, the breakdowns in docs/performance.md came
 from::

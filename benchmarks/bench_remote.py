@@ -24,7 +24,7 @@ from bench_common import PKI, BenchmarkError, Contexts
 from bench_trio import TrioImpl, bulk_receive, serve
 
 #: The implementations that can receive in another process.
-REMOTE_IMPLS = ("membio", "trio_ssl", "anyio", "asyncio", "blocking", "plain_trio")
+REMOTE_IMPLS = ("membio", "trio_ssl", "anyio", "asyncio", "blocking", "plain_trio", "floor")
 
 
 def trio_impl(name: str) -> TrioImpl[Any]:
@@ -35,6 +35,10 @@ def trio_impl(name: str) -> TrioImpl[Any]:
         from bench_anyio import AnyioImpl
 
         return AnyioImpl()
+    if name == "floor":
+        from bench_floor import FloorImpl
+
+        return FloorImpl()
     impls: dict[str, type[TrioImpl[Any]]] = {
         "membio": MembioImpl,
         "trio_ssl": TrioSSLImpl,

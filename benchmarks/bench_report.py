@@ -19,6 +19,7 @@ LABELS: dict[str, str] = {
     "asyncio": "asyncio streams + ssl",
     "blocking": "blocking ssl.SSLSocket",
     "plain_trio": "trio, no TLS",
+    "floor": "floor: SSLObject on trio",
     "pump": "SSLObject pump, no I/O",
 }
 

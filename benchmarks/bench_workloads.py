@@ -26,7 +26,7 @@ from bench_remote import remote_receiver, trio_impl
 MiB = 1 << 20
 Runner = Callable[[bool], Measurement]  # called with warmup=True once, then per round
 Runners = dict[str, Runner]
-TRIO_FAMILY = ("membio", "trio_ssl", "anyio", "plain_trio")
+TRIO_FAMILY = ("membio", "trio_ssl", "anyio", "plain_trio", "floor")
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,7 @@ def _peak_skips() -> dict[str, str]:
     return {
         **dict.fromkeys(("asyncio", "blocking", "pump"), "only the trio-family TLS streams"),
         "plain_trio": "no TLS",
+        "floor": "the floor sends the whole payload in one SSLObject.write",
     }
 
 

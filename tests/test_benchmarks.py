@@ -18,16 +18,18 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
-ALL = frozenset({"membio", "trio_ssl", "anyio", "asyncio", "blocking", "plain_trio", "pump"})
+ALL = frozenset(
+    {"membio", "trio_ssl", "anyio", "asyncio", "blocking", "plain_trio", "floor", "pump"}
+)
 #: Which implementations each workload must report (anyio: unless not installed).
 APPLIES: dict[str, frozenset[str]] = {
     "bulk-tcp": ALL,
     "bulk-tcp-2proc": ALL - {"pump"},
-    "bulk-memory": frozenset({"membio", "trio_ssl", "anyio", "plain_trio", "pump"}),
+    "bulk-memory": frozenset({"membio", "trio_ssl", "anyio", "plain_trio", "floor", "pump"}),
     "ping-pong": ALL,
     "handshake-full": ALL,
-    "handshake-resumed": frozenset({"membio", "trio_ssl", "blocking", "pump"}),
-    "idle-memory": frozenset({"membio", "trio_ssl", "anyio", "plain_trio"}),
+    "handshake-resumed": frozenset({"membio", "trio_ssl", "blocking", "floor", "pump"}),
+    "idle-memory": frozenset({"membio", "trio_ssl", "anyio", "plain_trio", "floor"}),
     "send-peak-1MiB": frozenset({"membio", "trio_ssl", "anyio"}),
     "send-peak-64MiB": frozenset({"membio", "trio_ssl", "anyio"}),
 }

@@ -135,3 +135,34 @@ def test_the_benchmark_tables_match_the_committed_results() -> None:
     assert result.stdout == (DOCS / "_generated" / "bench-tables.md").read_text(), (
         "regenerate docs/_generated/bench-tables.md (see docs/performance.md)"
     )
+
+
+def test_the_targets_table_shows_each_ratio_and_the_floors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(DOCS / "_tools"))
+    bench_tables = importlib.import_module("bench_tables")
+
+    def result(*rounds: float) -> dict[str, list[float]]:
+        return {"rounds": list(rounds)}
+
+    workloads = {
+        "handshake-full": {
+            "results": {
+                "membio": result(120, 150, 100),
+                "trio_ssl": result(100, 100, 100),
+                "floor": result(130, 160, 110),
+            }
+        },
+        "ping-pong": {"results": {"membio": result(300), "trio_ssl": result(100)}},
+    }
+    lines = bench_tables.target_table(workloads)
+    handshake = next(line for line in lines if line.startswith("| full handshakes"))
+    # Ours: 1.2, 1.5, 1.0 (median 1.2); the floor: 1.3, 1.6, 1.1 (median 1.3).
+    assert handshake == (
+        "| full handshakes, ratio to trio.SSLStream | >= 1.30 | 1.20 (1.00-1.50) | 1.30 | **no** |"
+    )
+    ping = next(line for line in lines if line.startswith("| ping-pong, ratio to trio.SSLStream"))
+    assert ping.endswith("| 3.00 (3.00-3.00) | n/a | yes |")
+    # Targets whose workload or peer is missing from the run are left out.
+    assert not any("memory_stream_pair" in line or "no TLS" in line for line in lines)

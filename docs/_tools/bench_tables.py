@@ -21,6 +21,8 @@ from typing import Any
 
 MEMBIO = "membio"
 BASELINE = "trio_ssl"
+#: TLS on trio with no stream layer (benchmarks/bench_floor.py).
+FLOOR = "floor"
 
 
 def number(value: float) -> str:
@@ -118,17 +120,27 @@ TARGETS = (
 )
 
 
+def _ratios(workloads: dict[str, Any], target: Target, impl: str) -> list[float] | None:
+    """``impl``'s per-round ratios to the target's peer, if the run has both."""
+    results = workloads[target.workload]["results"]
+    if impl not in results or target.peer not in results:
+        return None
+    return [
+        a / b for a, b in zip(results[impl]["rounds"], results[target.peer]["rounds"], strict=True)
+    ]
+
+
 def target_value(workloads: dict[str, Any], target: Target) -> tuple[float, float, float] | None:
     """Median, min and max over rounds of what the target measures, if the run has it."""
     workload = workloads.get(target.workload)
     if workload is None or MEMBIO not in workload["results"]:
         return None
     ours = workload["results"][MEMBIO]["rounds"]
+    values: list[float] | None
     if target.peer is not None:
-        peer = workload["results"].get(target.peer)
-        if peer is None:
+        values = _ratios(workloads, target, MEMBIO)
+        if values is None:
             return None
-        values = [a / b for a, b in zip(ours, peer["rounds"], strict=True)]
     elif target.workload == "idle-memory":
         bare = workload["results"].get("plain_trio")
         if bare is None:
@@ -139,9 +151,20 @@ def target_value(workloads: dict[str, Any], target: Target) -> tuple[float, floa
     return statistics.median(values), min(values), max(values)
 
 
+def floor_value(workloads: dict[str, Any], target: Target) -> float | None:
+    """The floor's median ratio to the target's peer: the most any stream layer could show."""
+    if target.peer is None or target.workload not in workloads:
+        return None
+    values = _ratios(workloads, target, FLOOR)
+    return None if values is None else statistics.median(values)
+
+
 def target_table(workloads: dict[str, Any]) -> list[str]:
-    """Each target with this run's median (min-max over rounds) and whether it holds."""
-    lines = ["| target | limit | this run (min-max) | met |", "|---|--:|--:|:-:|"]
+    """Each target: this run's median (min-max over rounds), the floor's, whether it holds."""
+    lines = [
+        "| target | limit | this run (min-max) | the floor | met |",
+        "|---|--:|--:|--:|:-:|",
+    ]
     for target in TARGETS:
         found = target_value(workloads, target)
         if found is None:
@@ -150,9 +173,11 @@ def target_table(workloads: dict[str, Any]) -> list[str]:
         met = median >= target.limit if target.at_least else median <= target.limit
         shown = ratio if target.peer is not None else number
         sign = ">=" if target.at_least else "<="
+        floor = floor_value(workloads, target)
         lines.append(
             f"| {target.text} | {sign} {shown(target.limit)} "
-            f"| {shown(median)} ({shown(low)}-{shown(high)}) | {'yes' if met else '**no**'} |"
+            f"| {shown(median)} ({shown(low)}-{shown(high)}) "
+            f"| {'n/a' if floor is None else ratio(floor)} | {'yes' if met else '**no**'} |"
         )
     return lines
 
@@ -177,7 +202,9 @@ def render(document: dict[str, Any]) -> str:
         *ratio_table(document["workloads"], document["implementations"]),
         "",
         "The targets, computed round by round from the same numbers (median of the "
-        "per-round values):",
+        "per-round values). 'The floor' is the same ratio for TLS on trio with no stream "
+        "layer at all (benchmarks/bench_floor.py): about the most any TLS stream on trio "
+        "can show in that run.",
         "",
         *target_table(document["workloads"]),
         "",
