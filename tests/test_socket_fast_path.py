@@ -99,6 +99,20 @@ async def test_aclose_wakes_a_blocked_receiver() -> None:
     await server.aclose()
 
 
+async def test_aclose_sends_the_rest_of_close_notify_the_socket_did_not_take() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    try_send = client._try_send
+    assert try_send is not None
+    # The socket takes only 5 bytes at once: the rest goes out by waiting.
+    client._try_send = lambda data: try_send(memoryview(data)[:5])
+    await client.aclose()
+    assert await server.receive_some() == b""  # the whole close_notify arrived
+    sent = client.statistics().ciphertext_sent
+    assert sent == server.statistics().ciphertext_received
+    await server.aclose()
+
+
 async def test_never_touches_a_reused_descriptor() -> None:
     client, server = socket_pair()
     await handshake_both(client, server)

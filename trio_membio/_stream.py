@@ -618,10 +618,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     else:
                         engine.send_close_notify()
                     if engine.bytes_to_send:
-                        with trio.move_on_after(ALERT_TIMEOUT):
-                            final_bytes = engine.data_to_send()
-                            await self._transport_send(final_bytes)
-                            self._ciphertext_sent += len(final_bytes)
+                        final_bytes = engine.data_to_send()
+                        sent = 0 if self._try_send is None else self._try_send(final_bytes)
+                        self._ciphertext_sent += sent
+                        if sent < len(final_bytes):
+                            with trio.move_on_after(ALERT_TIMEOUT):
+                                await self._transport_send(final_bytes[sent:])
+                                self._ciphertext_sent += len(final_bytes) - sent
                 except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer may already be gone; close_notify is a courtesy.
                     pass
