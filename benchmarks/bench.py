@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import os
 import platform
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +99,26 @@ def run_workload(workload: Workload, env: Env) -> WorkloadResult:
     return result
 
 
+def source_commit() -> str | None:
+    """The git commit the library and benchmarks ran from (+ "-dirty" if edited), if known."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    edited = git("status", "--porcelain", "--", "trio_membio", "benchmarks")
+    return commit + ("-dirty" if edited else "")
+
+
 def versions() -> dict[str, Any]:
     found: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -105,6 +127,7 @@ def versions() -> dict[str, Any]:
         "trio_membio": trio_membio.__version__,
         "openssl": ssl.OPENSSL_VERSION,
         "platform": platform.platform(),
+        "cpus": os.cpu_count(),
     }
     try:
         from bench_anyio import anyio_version
@@ -142,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    commit = source_commit()  # before the run: the code measured
     rounds: int = args.rounds or (2 if args.quick else 5)
     sizes = QUICK if args.quick else FULL
     available = dict.fromkeys(LABELS, True)
@@ -167,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         meta = {
             "date": date,
+            "commit": commit,
             "versions": versions(),
             "argv": sys.argv[1:] if argv is None else argv,
             "quick": args.quick,

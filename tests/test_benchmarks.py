@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def check_document(document: dict[str, Any], workloads: set[str]) -> None:
     for name in ("python", "trio", "openssl", "trio_membio"):
         assert document["versions"][name]
     assert document["date"]
+    assert document["versions"]["cpus"] >= 1
+    # The commit measured; None only outside a git checkout (an sdist).
+    commit = document["commit"]
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit), commit
     assert document["baseline"] == "trio_ssl"
     assert set(document["implementations"]) == ALL
     anyio_missing = "anyio" in document["unavailable"]
@@ -159,6 +164,29 @@ def test_bench_one_runs_a_single_workload(workload: str, amount: str) -> None:
     name, _, value = completed.stdout.strip().rpartition(": ")
     assert name == f"{workload} membio"
     assert float(value.replace(",", "")) > 0
+
+
+def test_bench_ab_alternates_two_implementations() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH.parent / "bench_ab.py"),
+            "ping-pong",
+            "membio",
+            "floor",
+            "3",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["round 1", "round 2", "round 3"]
+    per_round = sorted(float(line.rpartition(" ")[2]) for line in lines[:3])
+    assert lines[3].startswith(f"ping-pong membio/floor: median {per_round[1]:.3f} ")
 
 
 def test_bench_one_rejects_an_unknown_workload() -> None:

@@ -151,19 +151,29 @@ def target_value(workloads: dict[str, Any], target: Target) -> tuple[float, floa
     return statistics.median(values), min(values), max(values)
 
 
-def floor_value(workloads: dict[str, Any], target: Target) -> float | None:
-    """The floor's median ratio to the target's peer: the most any stream layer could show."""
+def floor_values(workloads: dict[str, Any], target: Target) -> tuple[list[float], list[float]]:
+    """Per round: the floor's ratio to the target's peer, and ours to the floor's number."""
     if target.peer is None or target.workload not in workloads:
-        return None
-    values = _ratios(workloads, target, FLOOR)
-    return None if values is None else statistics.median(values)
+        return [], []
+    floor = _ratios(workloads, target, FLOOR)
+    if floor is None:
+        return [], []
+    results = workloads[target.workload]["results"]
+    ours = [a / b for a, b in zip(results[MEMBIO]["rounds"], results[FLOOR]["rounds"], strict=True)]
+    return floor, ours
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{ratio(statistics.median(values))} ({ratio(min(values))}-{ratio(max(values))})"
 
 
 def target_table(workloads: dict[str, Any]) -> list[str]:
     """Each target: this run's median (min-max over rounds), the floor's, whether it holds."""
     lines = [
-        "| target | limit | this run (min-max) | the floor | met |",
-        "|---|--:|--:|--:|:-:|",
+        "| target | limit | this run (min-max) | the floor (min-max) | ours / the floor | met |",
+        "|---|--:|--:|--:|--:|:-:|",
     ]
     for target in TARGETS:
         found = target_value(workloads, target)
@@ -173,11 +183,11 @@ def target_table(workloads: dict[str, Any]) -> list[str]:
         met = median >= target.limit if target.at_least else median <= target.limit
         shown = ratio if target.peer is not None else number
         sign = ">=" if target.at_least else "<="
-        floor = floor_value(workloads, target)
+        floor, ours = floor_values(workloads, target)
         lines.append(
             f"| {target.text} | {sign} {shown(target.limit)} "
             f"| {shown(median)} ({shown(low)}-{shown(high)}) "
-            f"| {'n/a' if floor is None else ratio(floor)} | {'yes' if met else '**no**'} |"
+            f"| {_spread(floor)} | {_spread(ours)} | {'yes' if met else '**no**'} |"
         )
     return lines
 
@@ -188,7 +198,9 @@ def render(document: dict[str, Any]) -> str:
     suites = sorted({tuple(pair) for pairs in document["negotiated"].values() for pair in pairs})
     suite_text = ", ".join(f"{cipher} ({version})" for cipher, version in suites)
     lines = [
-        f"Run of {document['date'][:10]}: `bench.py {' '.join(document['argv'])}`, "
+        f"Run of {document['date'][:10]}"
+        f"{' at commit ' + document['commit'][:12] if document.get('commit') else ''}: "
+        f"`bench.py {' '.join(document['argv'])}`, "
         f"{document['rounds']} rounds, {document['total_seconds']:.0f} s. "
         f"CPython {versions['python']}, trio {versions['trio']}, anyio {versions['anyio']}, "
         f"{versions['openssl']}, {versions['platform']}. Every implementation negotiated "
@@ -202,9 +214,10 @@ def render(document: dict[str, Any]) -> str:
         *ratio_table(document["workloads"], document["implementations"]),
         "",
         "The targets, computed round by round from the same numbers (median of the "
-        "per-round values). 'The floor' is the same ratio for TLS on trio with no stream "
-        "layer at all (benchmarks/bench_floor.py): about the most any TLS stream on trio "
-        "can show in that run.",
+        "per-round values; a target is met when the median is). 'The floor' is the same "
+        "ratio for TLS on trio with no stream layer at all (benchmarks/bench_floor.py), "
+        "about the most a TLS stream of this design can show in that run; 'ours / the "
+        "floor' is MemoryBIOStream's number divided by the floor's, round by round.",
         "",
         *target_table(document["workloads"]),
         "",
