@@ -1,4 +1,4 @@
-"""The floor: TLS on trio with no stream layer at all, to show what any TLS stream can reach.
+"""The floor: TLS on trio with no stream layer at all, to show what a TLS stream could reach.
 
 :class:`FloorConn` is the least a TLS stream on trio has to do for these
 workloads: an ``ssl.SSLObject`` over two memory BIOs, the socket's descriptor
