@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 import pytest
 import trio
@@ -14,6 +15,7 @@ from trio.testing import assert_checkpoints
 
 from trio_membio import MemoryBIOStream
 from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
+from trio_membio._transport_lanes import SET_ASIDE_LIMIT, TRANSPORT_RECEIVE_SIZE
 
 from .helpers import HOSTNAME, client_context, handshake_both, server_context
 
@@ -84,19 +86,29 @@ async def test_cancelled_while_waiting_to_write_breaks_sending_only(
     await server.aclose()
 
 
-async def test_aclose_wakes_a_blocked_receiver() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def close_under_a_waiting_receiver(
+    client: MemoryBIOStream[Any], server: MemoryBIOStream[Any], *, holding_send_lane: bool
+) -> None:
+    """aclose() the client while a task waits in its receive_some(), which must
+    then raise ClosedResourceError; ``holding_send_lane``: whether that receive
+    is also sending (lanes rule 6)."""
     async with trio.open_nursery() as nursery:
 
-        async def blocked() -> None:
+        async def receive() -> None:
             with pytest.raises(trio.ClosedResourceError):
                 await client.receive_some()
 
-        nursery.start_soon(blocked)
+        nursery.start_soon(receive)
         await trio.testing.wait_all_tasks_blocked()
+        assert client._sending is holding_send_lane
         await client.aclose()
     await server.aclose()
+
+
+async def test_aclose_wakes_a_blocked_receiver() -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    await close_under_a_waiting_receiver(client, server, holding_send_lane=False)
 
 
 async def test_aclose_sends_the_rest_of_close_notify_the_socket_did_not_take() -> None:
@@ -261,7 +273,7 @@ def test_any_sends_through_a_small_socket_buffer_arrive_whole(
 # receiver in front of output it must send (lanes rule 6).
 
 
-def queue_records(stream: SocketTLS, plaintext: bytes) -> None:
+def queue_records(stream: MemoryBIOStream[Any], plaintext: bytes) -> None:
     """Encrypt ``plaintext`` into the stream's send queue without sending it."""
     for start in range(0, len(plaintext), 16384):
         stream._engine.write(plaintext[start : start + 16384])
@@ -320,16 +332,7 @@ async def test_closing_the_stream_wakes_a_receiver_waiting_to_read_or_write() ->
     client, server = socket_pair()
     await handshake_both(client, server)
     queue_records(client, bytes(4 * 1024 * 1024))
-    async with trio.open_nursery() as nursery:
-
-        async def receive() -> None:
-            with pytest.raises(trio.ClosedResourceError):
-                await client.receive_some()
-
-        nursery.start_soon(receive)
-        await trio.testing.wait_all_tasks_blocked()
-        await client.aclose()
-    await server.aclose()
+    await close_under_a_waiting_receiver(client, server, holding_send_lane=True)
 
 
 async def test_cancelled_while_waiting_to_read_or_write_loses_nothing(
@@ -423,3 +426,82 @@ async def test_plaintext_in_hand_comes_before_a_failed_send_of_queued_output() -
         await client.receive_some()
     await client.aclose()
     await server.aclose()
+
+
+# Lanes rule 6 over a transport driven through its methods (no try-send): a
+# receive that must send queued output goes on reading while it sends.
+
+
+def method_pair() -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]:
+    left, right = trio.socket.socketpair()
+    client_socket, server_socket = trio.SocketStream(left), trio.SocketStream(right)
+    client = MemoryBIOStream(
+        trio.StapledStream(client_socket, client_socket),  # not a SocketStream: no fast path
+        client_context(),
+        server_hostname=HOSTNAME,
+    )
+    server = MemoryBIOStream(server_socket, server_context(), server_side=True)
+    assert client._fast_path is None
+    return client, server
+
+
+async def test_generic_receiver_reads_while_its_queued_output_waits_for_the_peer() -> None:
+    # The peer writes 512 KiB, more than the sockets hold, and reads only
+    # after that. A receive that only sent its 4 MiB of queued output would
+    # wait for the peer forever, and the peer for it.
+    client, server = method_pair()
+    await handshake_both(client, server)
+    queued = bytes(range(256)) * 16384  # 4 MiB
+    queue_records(client, queued)
+    answer = bytes(range(255, -1, -1)) * 2048  # 512 KiB
+    received = bytearray()
+    got = bytearray()
+
+    async def peer() -> None:
+        await server.send_all(answer)
+        while len(got) < len(queued):
+            got.extend(await server.receive_some())
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer)
+            while len(received) < len(answer):
+                received.extend(await client.receive_some())
+    assert received == answer
+    assert got == queued
+    await client.send_all(b"after")
+    assert await server.receive_some() == b"after"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_generic_receiver_reading_while_sending_stops_at_the_limit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Memory stays bounded: against a peer that writes 4 MiB before it reads
+    # anything, the receive stops reading at SET_ASIDE_LIMIT and waits.
+    client, server = method_pair()
+    await handshake_both(client, server)
+    queue_records(client, bytes(4 * 1024 * 1024))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.send_all, bytes(4 * 1024 * 1024))
+        with trio.move_on_after(10) as scope:
+            await client.receive_some()
+        assert scope.cancelled_caught
+        buffered = client._engine.buffered_ciphertext
+        assert SET_ASIDE_LIMIT <= buffered <= SET_ASIDE_LIMIT + TRANSPORT_RECEIVE_SIZE
+        nursery.cancel_scope.cancel()
+    # The send was cut short: sending is broken, what arrived is intact.
+    with pytest.raises(trio.BrokenResourceError, match="earlier send"):
+        await client.send_all(b"x")
+    assert await client.receive_some() == bytes(65536)
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_generic_receiver_reading_while_sending_wakes_on_close() -> None:
+    client, server = method_pair()
+    await handshake_both(client, server)
+    queue_records(client, bytes(4 * 1024 * 1024))  # the peer never reads it
+    # Sending, and reading meanwhile.
+    await close_under_a_waiting_receiver(client, server, holding_send_lane=True)

@@ -344,12 +344,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                                 self._raise_broken()
                         else:
                             # Keep the plaintext in the engine meanwhile: a
-                            # cancelled or failed send must not lose it.
+                            # cancelled or failed send must not lose it. The
+                            # send reads on meanwhile (lanes rule 6): decrypt
+                            # what that fed in before receiving more.
                             if data:
                                 engine.put_back(data)
                             yielded = await self._send_output_of_receive() or yielded
-                            if data:
-                                continue
+                            continue
                     # Otherwise the send lane's holder sends it (lanes rule 2).
                 if data is not None:
                     if data:

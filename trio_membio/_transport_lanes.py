@@ -44,7 +44,10 @@ holds the machinery the public methods in ``_stream.py`` are built from:
    readable *or* writable, sending more when it can. Waiting only to write
    would deadlock with a peer that is itself blocked writing to us (a
    full-duplex echo), and waiting only to read, with a peer waiting for the
-   reply.
+   reply. A transport with no try-send (anything but the fast path) gets the
+   same guarantee from a second task: while the receive sends the output,
+   it goes on feeding the engine what arrives, up to SET_ASIDE_LIMIT bytes of
+   ciphertext, and decrypts it once the send is done.
 """
 
 from __future__ import annotations
@@ -317,7 +320,13 @@ class TransportLanes(TLSConnectionInfo):
             self._release_send_lane()
 
     async def _send_output_of_receive(self) -> bool:
-        """Send what a read queued; the send lane must be free.
+        """Send what a read queued, reading on meanwhile; the send lane must be free.
+
+        Used where the transport has no try-send (not the socket fast path).
+        While the send waits for the peer, a second task goes on feeding the
+        engine what arrives (rule 6), up to SET_ASIDE_LIMIT bytes of
+        ciphertext: a peer that writes to us before it reads would otherwise
+        wait for us while we wait for it. The caller decrypts it afterwards.
 
         A send that fails breaks only the sending direction: receiving goes
         on, dropping output that can never be sent (rule 4). Returns whether
@@ -326,13 +335,30 @@ class TransportLanes(TLSConnectionInfo):
         """
         self._sending = True
         try:
-            return await self._send_queued_holding_lane()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_while_sending)
+                yielded = await self._send_queued_holding_lane()
+                nursery.cancel_scope.cancel()
+            return yielded
+        except BaseExceptionGroup as group:
+            # What a lone send or receive would have raised.
+            leaf = _first_leaf(group)
+            if isinstance(leaf, trio.BrokenResourceError) and self._broken is None:
+                return False
+            raise leaf from None
         except trio.BrokenResourceError:
             if self._broken is not None:
                 raise
             return False
         finally:
             self._release_send_lane()
+
+    async def _receive_while_sending(self) -> None:
+        """Feed the engine transport receives until cancelled (or the limit, or the end)."""
+        engine = self._engine
+        while not engine.transport_ended and engine.buffered_ciphertext < SET_ASIDE_LIMIT:
+            await self._receive_ciphertext()
+        await trio.sleep_forever()
 
     async def _send_stranded_output(self) -> None:
         """Before a lane holder leaves on an exception, send what others queued.
