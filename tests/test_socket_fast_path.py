@@ -18,6 +18,7 @@ from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
 from trio_membio._transport_lanes import SET_ASIDE_LIMIT, TRANSPORT_RECEIVE_SIZE
 
 from .helpers import HOSTNAME, client_context, handshake_both, server_context
+from .transports import ResettingReceives
 
 SocketTLS = MemoryBIOStream[trio.SocketStream]
 
@@ -505,3 +506,56 @@ async def test_generic_receiver_reading_while_sending_wakes_on_close() -> None:
     queue_records(client, bytes(4 * 1024 * 1024))  # the peer never reads it
     # Sending, and reading meanwhile.
     await close_under_a_waiting_receiver(client, server, holding_send_lane=True)
+
+
+async def reset_while_sending_queued_output(
+    in_hand: bytes = b"", *, handshake_flight_queued: bool = False
+) -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]:
+    """A generic-path client whose transport resets while a receive sends
+    4 MiB of queued output the peer never reads."""
+    left, right = trio.socket.socketpair()
+    receives = ResettingReceives(trio.SocketStream(left))
+    client = MemoryBIOStream(
+        trio.StapledStream(trio.SocketStream(left), receives),
+        client_context(),
+        server_hostname=HOSTNAME,
+    )
+    server = MemoryBIOStream(trio.SocketStream(right), server_context(), server_side=True)
+    await handshake_both(client, server)
+    queue_records(client, bytes(4 * 1024 * 1024))
+    if in_hand:
+        client._engine.put_back(in_hand)  # what the read that queued the output returned
+    client._handshake_output_queued = handshake_flight_queued
+    receives.reset = True
+    return client, server
+
+
+async def test_generic_receive_failure_while_sending_keeps_its_cause() -> None:
+    client, server = await reset_while_sending_queued_output()
+    with pytest.raises(trio.BrokenResourceError, match="while receiving") as caught:
+        await client.receive_some()
+    # Chained from the transport's error, as without the send; no group.
+    assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
+    assert isinstance(caught.value.__cause__.__cause__, ConnectionResetError)
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_generic_plaintext_in_hand_comes_before_a_receive_failure() -> None:
+    client, server = await reset_while_sending_queued_output(b"in hand")
+    assert await client.receive_some() == b"in hand"
+    with pytest.raises(trio.BrokenResourceError, match="while receiving"):
+        await client.receive_some()
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_generic_receive_failure_is_not_overwritten_by_its_own_cancel() -> None:
+    # The reader's failure cancels the send; with a final handshake flight
+    # queued, that cancel must not replace the failure with "handshake cut short".
+    client, server = await reset_while_sending_queued_output(handshake_flight_queued=True)
+    for _ in range(2):
+        with pytest.raises(trio.BrokenResourceError, match="while receiving"):
+            await client.receive_some()
+    await client.aclose()
+    await server.aclose()

@@ -79,3 +79,20 @@ class HalfWritingStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class ResettingReceives(trio.abc.ReceiveStream):
+    """A receive side that fails like a reset connection once ``reset`` is set."""
+
+    def __init__(self, inner: trio.abc.ReceiveStream) -> None:
+        self.inner = inner
+        self.reset = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.reset:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("connection reset") from ConnectionResetError(104)
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -312,12 +312,16 @@ class TransportLanes(TLSConnectionInfo):
 
                 nursery.start_soon(wait, trio.lowlevel.wait_readable)
                 nursery.start_soon(wait, trio.lowlevel.wait_writable)
+            return
         except BaseExceptionGroup as group:
-            # Raise what one wait would have: ClosedResourceError if the
-            # socket was closed, else Cancelled.
-            raise _first_leaf(group) from None
+            # Raise what one wait would have (ClosedResourceError if the
+            # socket was closed, else Cancelled), below: outside this handler,
+            # so that it is not chained to the group that holds it.
+            leaf = _first_leaf(group)
+            del group
         finally:
             self._release_send_lane()
+        raise leaf
 
     async def _send_output_of_receive(self) -> bool:
         """Send what a read queued, reading on meanwhile; the send lane must be free.
@@ -340,18 +344,21 @@ class TransportLanes(TLSConnectionInfo):
                 yielded = await self._send_queued_holding_lane()
                 nursery.cancel_scope.cancel()
             return yielded
-        except BaseExceptionGroup as group:
-            # What a lone send or receive would have raised.
-            leaf = _first_leaf(group)
-            if isinstance(leaf, trio.BrokenResourceError) and self._broken is None:
-                return False
-            raise leaf from None
-        except trio.BrokenResourceError:
-            if self._broken is not None:
-                raise
-            return False
+        except BaseException as exc:
+            # What a lone send or receive would have raised; raised below,
+            # outside this handler, so that its own cause stays and it is not
+            # chained to the group that holds it.
+            failure = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            del exc
         finally:
             self._release_send_lane()
+        if isinstance(failure, trio.BrokenResourceError) and (
+            self._broken is None or self._engine.buffered_plaintext
+        ):
+            # Sending failed (rule 4), or receiving failed with plaintext in
+            # hand: the caller hands that out first, and the failure after.
+            return False
+        raise failure
 
     async def _receive_while_sending(self) -> None:
         """Feed the engine transport receives until cancelled (or the limit, or the end)."""
@@ -392,7 +399,8 @@ class TransportLanes(TLSConnectionInfo):
         except trio.Cancelled:
             self._end(ConnectionEnd.CANCELLED)
             if self._handshake_output_queued:
-                self._broken = (HANDSHAKE_HALF_WRITTEN, None)
+                if self._broken is None:
+                    self._broken = (HANDSHAKE_HALF_WRITTEN, None)
             else:
                 self._send_broken = (SEND_HALF_WRITTEN, None)
             raise
