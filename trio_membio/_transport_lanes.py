@@ -47,7 +47,10 @@ holds the machinery the public methods in ``_stream.py`` are built from:
    reply. A transport with no try-send (anything but the fast path) gets the
    same guarantee from a second task: while the receive sends the output,
    it goes on feeding the engine what arrives, up to SET_ASIDE_LIMIT bytes of
-   ciphertext, and decrypts it once the send is done.
+   ciphertext, and decrypts it once the send is done. That task is cancelled
+   when the send is done, so this relies on the transport's receive_some()
+   losing nothing when cancelled, as trio's streams promise (trio.SSLStream
+   only outside its own handshake or renegotiation).
 """
 
 from __future__ import annotations
