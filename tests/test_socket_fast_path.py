@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import struct
 from typing import Any
@@ -104,6 +106,25 @@ async def close_under_a_waiting_receiver(
         assert client._receiving  # waiting in a transport receive
         assert client._sending is holding_send_lane
         await client.aclose()
+    await server.aclose()
+
+
+async def test_a_send_cancelled_half_way_counts_what_reached_the_socket(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = socket_pair()
+    await handshake_both(client, server)
+    before = client.statistics().ciphertext_sent
+    with trio.move_on_after(1):
+        await client.send_all(bytes(20_000_000))  # nobody reads: the socket fills
+    descriptor = server.transport_stream.socket.fileno()
+    on_the_wire = 0
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(descriptor, 1 << 20):
+            on_the_wire += len(chunk)
+    assert on_the_wire > 0
+    assert client.statistics().ciphertext_sent - before == on_the_wire
+    await client.aclose()
     await server.aclose()
 
 

@@ -37,7 +37,7 @@ _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 class SocketFastPath:
     """send_all / receive_some straight on a SocketStream's descriptor."""
 
-    __slots__ = ("_fileno", "_socket", "socket")
+    __slots__ = ("_fileno", "_socket", "socket", "unsent")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._socket = stream.socket
@@ -45,6 +45,9 @@ class SocketFastPath:
         self.socket: trio.socket.SocketType = stream.socket
         # Looked up on every call: -1 once the socket is closed.
         self._fileno = stream.socket.fileno
+        #: How much of the last send_all() had not gone out yet: after a
+        #: cancelled one, the part that never reached the socket.
+        self.unsent = 0
 
     def try_receive(self, max_bytes: int) -> bytes | None:
         """Receive what is there without waiting: b"" at end, None if nothing yet."""
@@ -76,20 +79,21 @@ class SocketFastPath:
     async def send_all(self, data: bytes) -> bool:
         """Send all of ``data``; return whether it yielded.
 
-        If cancelled while waiting, part of ``data`` may have been sent.
+        If cancelled while waiting, part of ``data`` may have been sent:
+        all but the last :attr:`unsent` bytes.
         """
         sent = self.try_send(data)
         if sent == len(data):
+            self.unsent = 0
             return False
         with memoryview(data) as view:
-            await self.send_rest(view[sent:])
+            view = view[sent:]
+            while view:
+                self.unsent = len(view)
+                await trio.lowlevel.wait_writable(self._socket)
+                view = view[self.try_send(view) :]
+        self.unsent = 0
         return True
-
-    async def send_rest(self, view: memoryview) -> None:
-        """Send all of ``view``, waiting for room first (try_send fell short)."""
-        while view:
-            await trio.lowlevel.wait_writable(self._socket)
-            view = view[self.try_send(view) :]
 
 
 def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

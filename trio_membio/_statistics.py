@@ -35,7 +35,9 @@ class TLSStatistics:
     plaintext_sent: int
     #: Application bytes returned by receive_some().
     plaintext_received: int
-    #: TLS bytes written to the transport.
+    #: TLS bytes written to the transport. After a send cancelled half-way,
+    #: the part that went out is counted on a trio.SocketStream transport;
+    #: other transports cannot say how much of it did, so it is not.
     ciphertext_sent: int
     #: TLS bytes read from the transport.
     ciphertext_received: int

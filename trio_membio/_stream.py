@@ -623,9 +623,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         sent = 0 if self._try_send is None else self._try_send(final_bytes)
                         self._ciphertext_sent += sent
                         if sent < len(final_bytes):
-                            with trio.move_on_after(ALERT_TIMEOUT):
-                                await self._transport_send(final_bytes[sent:])
-                                self._ciphertext_sent += len(final_bytes) - sent
+                            rest = final_bytes[sent:]
+                            with trio.move_on_after(ALERT_TIMEOUT) as scope:
+                                await self._transport_send(rest)
+                            if not scope.cancelled_caught:
+                                self._ciphertext_sent += len(rest)
+                            elif self._fast_path is not None:
+                                self._ciphertext_sent += len(rest) - self._fast_path.unsent
                 except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
                     # The peer may already be gone; close_notify is a courtesy.
                     pass

@@ -400,6 +400,10 @@ class TransportLanes(TLSConnectionInfo):
                 yielded = await self._transport_send(chunk) or yielded
                 self._ciphertext_sent += len(chunk)
         except trio.Cancelled:
+            if self._fast_path is not None:
+                # The socket says how much of the chunk went out; other
+                # transports cannot, so that part goes uncounted there.
+                self._ciphertext_sent += len(chunk) - self._fast_path.unsent
             self._end(ConnectionEnd.CANCELLED)
             if self._handshake_output_queued:
                 if self._broken is None:
