@@ -20,7 +20,7 @@ from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
 from trio_membio._transport_lanes import SET_ASIDE_LIMIT, TRANSPORT_RECEIVE_SIZE
 
 from .helpers import HOSTNAME, client_context, handshake_both, server_context
-from .transports import ResettingReceives
+from .transports import ResettingReceives, ResettingSends
 
 SocketTLS = MemoryBIOStream[trio.SocketStream]
 
@@ -536,14 +536,16 @@ async def test_generic_receiver_reading_while_sending_wakes_on_close() -> None:
 
 
 async def reset_while_sending_queued_output(
-    in_hand: bytes = b"", *, handshake_flight_queued: bool = False
+    in_hand: bytes = b"", *, handshake_flight_queued: bool = False, sends_too: bool = False
 ) -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]:
     """A generic-path client whose transport resets while a receive sends
-    4 MiB of queued output the peer never reads."""
+    4 MiB of queued output the peer never reads (``sends_too``: the send
+    side resets at the same moment)."""
     left, right = trio.socket.socketpair()
+    sends = ResettingSends(trio.SocketStream(left))
     receives = ResettingReceives(trio.SocketStream(left))
     client = MemoryBIOStream(
-        trio.StapledStream(trio.SocketStream(left), receives),
+        trio.StapledStream(sends, receives),
         client_context(),
         server_hostname=HOSTNAME,
     )
@@ -554,6 +556,7 @@ async def reset_while_sending_queued_output(
         client._engine.put_back(in_hand)  # what the read that queued the output returned
     client._handshake_output_queued = handshake_flight_queued
     receives.reset = True
+    sends.reset = sends_too
     return client, server
 
 
@@ -584,5 +587,17 @@ async def test_generic_receive_failure_is_not_overwritten_by_its_own_cancel() ->
     for _ in range(2):
         with pytest.raises(trio.BrokenResourceError, match="while receiving"):
             await client.receive_some()
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_generic_send_and_receive_failing_together_report_the_stream_failure() -> None:
+    client, server = await reset_while_sending_queued_output(sends_too=True)
+    for _ in range(2):  # the same failure now and on every later call
+        with pytest.raises(trio.BrokenResourceError, match="while receiving") as caught:
+            await client.receive_some()
+        assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"x")
     await client.aclose()
     await server.aclose()

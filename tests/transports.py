@@ -81,6 +81,26 @@ class HalfWritingStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
+class ResettingSends(trio.abc.SendStream):
+    """A send side that fails like a reset connection once ``reset`` is set."""
+
+    def __init__(self, inner: trio.abc.SendStream) -> None:
+        self.inner = inner
+        self.reset = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.reset:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("connection reset") from ConnectionResetError(104)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class ResettingReceives(trio.abc.ReceiveStream):
     """A receive side that fails like a reset connection once ``reset`` is set."""
 

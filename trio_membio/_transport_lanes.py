@@ -355,12 +355,14 @@ class TransportLanes(TLSConnectionInfo):
             del exc
         finally:
             self._release_send_lane()
-        if isinstance(failure, trio.BrokenResourceError) and (
-            self._broken is None or self._engine.buffered_plaintext
-        ):
-            # Sending failed (rule 4), or receiving failed with plaintext in
-            # hand: the caller hands that out first, and the failure after.
-            return False
+        if isinstance(failure, trio.BrokenResourceError):
+            if self._broken is None or self._engine.buffered_plaintext:
+                # Sending failed (rule 4), or receiving failed with plaintext
+                # in hand: the caller hands that out first, the failure after.
+                return False
+            # Receiving failed (perhaps sending too, at the same moment): the
+            # stream's own failure, as every later call reports it.
+            self._raise_broken()
         raise failure
 
     async def _receive_while_sending(self) -> None:
