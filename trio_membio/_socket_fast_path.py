@@ -45,8 +45,9 @@ class SocketFastPath:
         self.socket: trio.socket.SocketType = stream.socket
         # Looked up on every call: -1 once the socket is closed.
         self._fileno = stream.socket.fileno
-        #: How much of the last send_all() had not gone out yet: after a
-        #: cancelled one, the part that never reached the socket.
+        #: While send_all() waits for room: how much of its data has not gone
+        #: out yet. After a cancelled send_all(), the part that never reached
+        #: the socket (stale otherwise: only read after a cancellation).
         self.unsent = 0
 
     def try_receive(self, max_bytes: int) -> bytes | None:
@@ -84,7 +85,6 @@ class SocketFastPath:
         """
         sent = self.try_send(data)
         if sent == len(data):
-            self.unsent = 0
             return False
         with memoryview(data) as view:
             view = view[sent:]
@@ -92,7 +92,6 @@ class SocketFastPath:
                 self.unsent = len(view)
                 await trio.lowlevel.wait_writable(self._socket)
                 view = view[self.try_send(view) :]
-        self.unsent = 0
         return True
 
 
