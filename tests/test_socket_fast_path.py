@@ -21,7 +21,7 @@ from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
 from trio_membio._transport_lanes import SET_ASIDE_LIMIT, TRANSPORT_RECEIVE_SIZE
 
 from .helpers import HOSTNAME, client_context, handshake_both, server_context
-from .transports import ResettingReceives, ResettingSends
+from .transports import ResettingStream
 
 SocketTLS = MemoryBIOStream[trio.SocketStream]
 
@@ -552,10 +552,9 @@ async def reset_while_sending_queued_output(
     4 MiB of queued output the peer never reads (``sends_too``: the send
     side resets at the same moment)."""
     left, right = trio.socket.socketpair()
-    sends = ResettingSends(trio.SocketStream(left))
-    receives = ResettingReceives(trio.SocketStream(left))
+    transport = ResettingStream(trio.SocketStream(left))  # not a SocketStream: no fast path
     client = MemoryBIOStream(
-        trio.StapledStream(sends, receives),
+        transport,
         client_context(),
         server_hostname=HOSTNAME,
     )
@@ -565,8 +564,8 @@ async def reset_while_sending_queued_output(
     if in_hand:
         client._engine.put_back(in_hand)  # what the read that queued the output returned
     client._handshake_output_queued = handshake_flight_queued
-    receives.reset = True
-    sends.reset = sends_too
+    transport.reset_receives = True
+    transport.reset_sends = sends_too
     return client, server
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import trio
 
 
@@ -81,37 +83,31 @@ class HalfWritingStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
-class ResettingSends(trio.abc.SendStream):
-    """A send side that fails like a reset connection once ``reset`` is set."""
+class ResettingStream(trio.abc.Stream):
+    """A transport whose sends and/or receives fail like a reset connection
+    once ``reset_sends`` / ``reset_receives`` is set."""
 
-    def __init__(self, inner: trio.abc.SendStream) -> None:
+    def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
-        self.reset = False
+        self.reset_sends = False
+        self.reset_receives = False
+
+    @staticmethod
+    async def _reset() -> NoReturn:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("connection reset") from ConnectionResetError(104)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.reset:
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("connection reset") from ConnectionResetError(104)
+        if self.reset_sends:
+            await self._reset()
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class ResettingReceives(trio.abc.ReceiveStream):
-    """A receive side that fails like a reset connection once ``reset`` is set."""
-
-    def __init__(self, inner: trio.abc.ReceiveStream) -> None:
-        self.inner = inner
-        self.reset = False
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self.reset:
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("connection reset") from ConnectionResetError(104)
+        if self.reset_receives:
+            await self._reset()
         return await self.inner.receive_some(max_bytes)
 
     async def aclose(self) -> None:
