@@ -26,7 +26,7 @@ import ssl
 
 import trio
 from bench_common import HOSTNAME
-from bench_trio import Conn, PlainTrio
+from bench_trio import Conn, Handshaking, TLSImpl
 
 __all__ = ["FloorConn", "FloorImpl"]
 
@@ -169,25 +169,18 @@ class FloorConn:
         await self.transport.aclose()
 
 
-class FloorImpl(PlainTrio):
+class FloorImpl(TLSImpl):
     """The trio floor: the plain trio transports with a :class:`FloorConn` on top."""
 
-    resumption = None
-
-    async def client(
+    def wrap(
         self,
         transport: trio.abc.Stream,
         context: ssl.SSLContext,
+        *,
+        server_side: bool,
         session: ssl.SSLSession | None = None,
-    ) -> Conn:
-        conn = FloorConn(transport, context, server_side=False, session=session)
-        await conn.do_handshake()
-        return conn
-
-    async def server(self, transport: trio.abc.Stream, context: ssl.SSLContext) -> Conn:
-        conn = FloorConn(transport, context, server_side=True)
-        await conn.do_handshake()
-        return conn
+    ) -> Handshaking:
+        return FloorConn(transport, context, server_side=server_side, session=session)
 
     def cipher(self, conn: Conn) -> tuple[str | None, str | None]:
         assert isinstance(conn, FloorConn)

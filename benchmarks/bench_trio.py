@@ -141,8 +141,24 @@ class PlainTrio(TrioImpl[trio.abc.Stream]):
         return transport
 
 
-class MembioImpl(PlainTrio):
+class Handshaking(Conn, Protocol):
+    async def do_handshake(self) -> None: ...
+
+
+class TLSImpl(PlainTrio):
+    """A TLS implementation over the plain trio transports: wrap(), then the handshake."""
+
     resumption = None
+
+    def wrap(
+        self,
+        transport: trio.abc.Stream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        session: ssl.SSLSession | None = None,
+    ) -> Handshaking:
+        raise NotImplementedError
 
     async def client(
         self,
@@ -150,14 +166,32 @@ class MembioImpl(PlainTrio):
         context: ssl.SSLContext,
         session: ssl.SSLSession | None = None,
     ) -> Conn:
-        stream = MemoryBIOStream(transport, context, server_hostname=HOSTNAME, session=session)
-        await stream.do_handshake()
-        return stream
+        conn = self.wrap(transport, context, server_side=False, session=session)
+        await conn.do_handshake()
+        return conn
 
     async def server(self, transport: trio.abc.Stream, context: ssl.SSLContext) -> Conn:
-        stream = MemoryBIOStream(transport, context, server_side=True)
-        await stream.do_handshake()
-        return stream
+        conn = self.wrap(transport, context, server_side=True)
+        await conn.do_handshake()
+        return conn
+
+
+class MembioImpl(TLSImpl):
+    def wrap(
+        self,
+        transport: trio.abc.Stream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        session: ssl.SSLSession | None = None,
+    ) -> Handshaking:
+        return MemoryBIOStream(
+            transport,
+            context,
+            server_side=server_side,
+            server_hostname=None if server_side else HOSTNAME,
+            session=session,
+        )
 
     def cipher(self, conn: Conn) -> tuple[str | None, str | None]:
         assert isinstance(conn, MemoryBIOStream)
@@ -169,24 +203,23 @@ class MembioImpl(PlainTrio):
         return conn.session, conn.session_reused
 
 
-class TrioSSLImpl(PlainTrio):
-    resumption = None
-
-    async def client(
+class TrioSSLImpl(TLSImpl):
+    def wrap(
         self,
         transport: trio.abc.Stream,
         context: ssl.SSLContext,
+        *,
+        server_side: bool,
         session: ssl.SSLSession | None = None,
-    ) -> Conn:
-        stream = trio.SSLStream(transport, context, server_hostname=HOSTNAME)
+    ) -> Handshaking:
+        stream = trio.SSLStream(
+            transport,
+            context,
+            server_side=server_side,
+            server_hostname=None if server_side else HOSTNAME,
+        )
         if session is not None:
             stream.session = session  # forwarded to the SSLObject
-        await stream.do_handshake()
-        return stream
-
-    async def server(self, transport: trio.abc.Stream, context: ssl.SSLContext) -> Conn:
-        stream = trio.SSLStream(transport, context, server_side=True)
-        await stream.do_handshake()
         return stream
 
     def cipher(self, conn: Conn) -> tuple[str | None, str | None]:
