@@ -57,7 +57,7 @@ myst_heading_anchors = 3
 
 # ----------------------------------------------------------------- autodoc
 
-# The project's docstrings are Google style (STYLE.md).
+# The project's docstrings are Google style.
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 # "Attributes:" sections become attribute entries, so they can be linked to

@@ -17,7 +17,8 @@ class ConnectionEnd(enum.Enum):
     TRUNCATED = "truncated"
     #: A TLS error: an alert we sent (bad certificate, bad record) or received.
     ALERT = "TLS alert"
-    #: An operation was cancelled while writing ciphertext.
+    #: A send was cancelled after part of its data went out (while writing
+    #: ciphertext, or between two chunks of a large send_all()).
     CANCELLED = "cancelled mid-write"
     #: The transport raised an error.
     TRANSPORT_FAILED = "transport failed"

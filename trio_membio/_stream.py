@@ -76,7 +76,8 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
     """TLS over any trio stream, through a pair of memory BIOs.
 
     A drop-in for :class:`trio.SSLStream`: the same constructor arguments and
-    methods, plus ``session``. The handshake runs automatically on the first
+    methods, plus the ``session`` and ``trace`` arguments and
+    :meth:`send_eof`. The handshake runs automatically on the first
     send or receive, or explicitly with :meth:`do_handshake`.
 
     Args:
@@ -411,7 +412,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             data_type = type(data)
             small = len(data) <= PLAINTEXT_CHUNK and (data_type is bytes or data_type is bytearray)
             if small and not self._sending and not self._handshake_output_queued:
-                # The express lane: one record, encrypted and sent at once; on
+                # The express lane: one chunk, encrypted and sent at once; on
                 # a socket, tried without waiting (the usual case on TCP).
                 # Whatever it cannot finish (a TLS 1.2 renegotiation) goes on
                 # below.
