@@ -435,6 +435,35 @@ async def test_unwrap_keeps_unread_data_that_is_still_encrypted(
         await aclose_all(transport, server.transport_stream)
 
 
+async def test_unwrap_stops_reading_ahead_of_a_peer_that_keeps_sending(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """unwrap() set aside all a peer sent instead of its close_notify: memory without bound."""
+    flood = 64 * 65536  # 4 MiB, four times the set-aside limit
+    with trio.fail_after(HANG):
+        client, server = await handshaken_pair(version="1.3")
+
+        async def peer() -> None:
+            for _ in range(64):
+                await server.send_all(bytes(65536))
+            await server.unwrap()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer)
+            with pytest.raises(trio_membio.UnreadDataError, match="no close_notify yet"):
+                await client.unwrap()
+            # It stopped at the limit (plus at most one transport read).
+            assert client.statistics().ciphertext_received < (1 << 20) + 2 * 262144
+            received = 0
+            while data := await client.receive_some():
+                assert not any(data)
+                received += len(data)
+            assert received == flood  # nothing was lost
+            transport, trailing = await client.unwrap()
+        assert trailing == b""
+        await aclose_all(transport, server.transport_stream)
+
+
 async def test_https_compatible_aclose_still_sends_held_session_tickets(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -30,8 +30,11 @@ class HalfCloseNotSupportedError(RuntimeError):
 class UnreadDataError(RuntimeError):
     """unwrap() found application data from the peer that was never received.
 
-    The data is kept: receive it with ``receive_some()`` until that returns
-    ``b""``, then call ``unwrap()`` again.
+    Raised once the peer's close_notify has come, or while it has not yet but
+    1 MiB of data is waiting (unwrap() stops reading ahead there, so a peer
+    that keeps sending cannot fill memory). The data is kept: receive it with
+    ``receive_some()`` until that returns ``b""``, then call ``unwrap()``
+    again.
     """
 
 

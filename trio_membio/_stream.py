@@ -52,6 +52,7 @@ from ._statistics import ConnectionEnd
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
 from ._transport_lanes import (
     ALERT_TIMEOUT,
+    SET_ASIDE_LIMIT,
     TRUNCATED,
     TransportLanes,
 )
@@ -538,7 +539,8 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
 
         The peer's receive_some() returns ``b""`` and the peer can go on
         sending to us. Afterwards send_all() raises ClosedResourceError;
-        calling send_eof() again does nothing.
+        calling send_eof() again does nothing (or raises BrokenResourceError
+        if the first one was cancelled while writing).
 
         On cancellation: before the close_notify was queued nothing changed;
         while it was being written the sending direction is broken.
@@ -555,6 +557,9 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             self._check_usable()
             await checkpoint_if_cancelled()
             if self._eof_sent:
+                # Nothing to do, unless that close_notify was cut off half-way:
+                # then the peer may never see it, and saying so is the point.
+                self._check_sending_direction()
                 await cancel_shielded_checkpoint()
                 return
             engine = self._engine
@@ -659,6 +664,8 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 close_notify, or a TLS or transport error.
             trio.ClosedResourceError: the stream was closed.
             trio.BusyResourceError: another task is sending or receiving.
+            UnreadDataError: the peer sent data that was never received, and
+                either its close_notify followed or 1 MiB of it is waiting.
         """
         with self._receive_conflict, self._send_conflict:
             self._check_usable()
@@ -685,6 +692,17 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     yielded = await self._send_queued(closing=True) or yielded
                 if finished:
                     break
+                if engine.buffered_plaintext >= SET_ASIDE_LIMIT:
+                    # A peer that goes on sending data instead of its
+                    # close_notify: stop reading ahead, so memory stays
+                    # bounded. Nothing is lost; the caller reads it first.
+                    if not yielded:
+                        await cancel_shielded_checkpoint()
+                    raise UnreadDataError(
+                        f"the peer has sent {engine.buffered_plaintext} bytes of data that "
+                        "were never received, and no close_notify yet: call receive_some() "
+                        "until it returns b'', then unwrap() again"
+                    )
                 yielded = await self._receive_ciphertext() or yielded
             if engine.buffered_plaintext:
                 # The peer sent data before its close_notify that nobody
