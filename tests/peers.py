@@ -19,7 +19,7 @@ import trio
 import trustme
 from OpenSSL import SSL
 
-from trio_membio import MemoryBIOStream
+from trio_membio import MemoryBIOStream, TraceCallback
 
 from .helpers import HOSTNAME, ca, client_context, server_context
 from .test_renegotiation import pyopenssl_context, trio_context
@@ -109,7 +109,10 @@ def client_cert() -> trustme.LeafCert:
 
 
 def pha_streams(
-    client_transport: trio.abc.Stream, server_transport: trio.abc.Stream
+    client_transport: trio.abc.Stream,
+    server_transport: trio.abc.Stream,
+    *,
+    client_trace: TraceCallback | None = None,
 ) -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]:
     """A TLS 1.3 (client, server) pair where the server may ask for a certificate later.
 
@@ -125,7 +128,7 @@ def pha_streams(
     server_ctx.verify_mode = ssl.CERT_OPTIONAL
     server_ctx.post_handshake_auth = True
     client: MemoryBIOStream[trio.abc.Stream] = MemoryBIOStream(
-        client_transport, client_ctx, server_hostname=HOSTNAME
+        client_transport, client_ctx, server_hostname=HOSTNAME, trace=client_trace
     )
     server: MemoryBIOStream[trio.abc.Stream] = MemoryBIOStream(
         server_transport, server_ctx, server_side=True

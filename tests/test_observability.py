@@ -11,6 +11,7 @@ import trio.testing
 from trio_membio import ConnectionEnd, MemoryBIOStream, Stage, TraceEvent
 
 from .helpers import HOSTNAME, client_context, handshake_both, handshaken_pair, server_context
+from .peers import pha_streams
 
 
 async def test_statistics_count_both_layers(autojump_clock: trio.abc.Clock) -> None:
@@ -177,5 +178,27 @@ async def test_trace_takes_back_what_a_full_socket_did_not_take() -> None:
     sent = sum(event.size for event in events if event.operation == "send")
     taken_back = sum(event.size for event in unsent)
     assert sent - taken_back == client.statistics().ciphertext_sent
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_trace_takes_back_plaintext_a_receive_had_to_hold(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A read that queued output counted its plaintext twice in the trace."""
+    events: list[TraceEvent] = []
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    client, server = pha_streams(client_transport, server_transport, client_trace=events.append)
+    await handshake_both(client, server)
+    server.ssl_object.verify_client_post_handshake()
+    await server.send_all(b"A" * 1000)  # behind the CertificateRequest
+    # On a non-socket transport the receive keeps the plaintext in the engine
+    # while it sends the client's certificate, then reads it again.
+    assert await client.receive_some() == b"A" * 1000
+    unread = [event for event in events if event.operation == "unread"]
+    assert [event.size for event in unread] == [1000]
+    assert "application -> SSLObject" in str(unread[0])
+    delivered = sum(event.size for event in events if event.target is Stage.APPLICATION)
+    assert delivered - 1000 == client.statistics().plaintext_received == 1000
     await client.aclose()
     await server.aclose()

@@ -9,7 +9,12 @@ __all__ = ["ConnectionEnd", "TLSStatistics"]
 
 
 class ConnectionEnd(enum.Enum):
-    """How a connection ended; the first cause seen wins."""
+    """How a connection ended; the first cause seen wins.
+
+    A cause that breaks only the sending direction (CANCELLED, or
+    TRANSPORT_FAILED on a send) counts too, though receiving may go on: it is
+    what ended the connection as a two-way channel.
+    """
 
     #: The peer sent close_notify: a clean end of its data.
     CLOSE_NOTIFY = "close_notify received"
@@ -47,5 +52,6 @@ class TLSStatistics:
     handshake_duration: float | None
     #: Whether the handshake resumed a session; None before the handshake.
     session_reused: bool | None
-    #: How the connection ended; None while it is open.
+    #: The first of the :class:`ConnectionEnd` causes seen (even one that
+    #: stops only one direction); None before any of them.
     ended: ConnectionEnd | None

@@ -38,10 +38,13 @@ class TraceEvent(NamedTuple):
 
     ``operation`` is one of ``"receive"``, ``"send"``, ``"handshake"``,
     ``"read"``, ``"write"``, ``"close_notify"``, ``"unwrap"``, ``"eof"``,
-    ``"unsent"``. An ``"eof"`` event has size 0: the transport ended. An
-    ``"unsent"`` event (transport -> outgoing BIO) takes back part of the
-    ``"send"`` before it: a socket that took only part of the ciphertext, whose
-    rest waits in the outgoing BIO to be sent again.
+    ``"unsent"``, ``"unread"``. An ``"eof"`` event has size 0: the transport
+    ended. An ``"unsent"`` event (transport -> outgoing BIO) takes back part of
+    the ``"send"`` before it: a socket that took only part of the ciphertext,
+    whose rest waits in the outgoing BIO to be sent again. An ``"unread"``
+    event (application -> SSLObject) takes back a ``"read"``: plaintext that
+    could not be returned yet (the same receive had TLS output to send first),
+    kept to be read again.
     """
 
     source: Stage
@@ -99,6 +102,11 @@ class TracingEngine(TLSEngine):
     def return_unsent(self, ciphertext: bytes | memoryview) -> None:
         super().return_unsent(ciphertext)
         self._trace(TraceEvent(Stage.TRANSPORT, Stage.OUTGOING_BIO, len(ciphertext), "unsent"))
+
+    def put_back(self, plaintext: bytes) -> None:
+        super().put_back(plaintext)
+        if plaintext:
+            self._trace(TraceEvent(Stage.APPLICATION, Stage.SSL_OBJECT, len(plaintext), "unread"))
 
     def do_handshake(self) -> bool:
         before = self._buffers()
