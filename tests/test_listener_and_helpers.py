@@ -81,3 +81,48 @@ async def test_default_context_rejects_an_unknown_ca() -> None:
                 await client.do_handshake()
             await client.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def _expect_the_peer_closed(listener: trio.SocketListener) -> None:
+    """Accept one connection and check that its other end was closed at once."""
+    accepted = await listener.accept()
+    assert await accepted.receive_some() == b""
+    await accepted.aclose()
+
+
+async def test_open_closes_the_connection_when_tls_cannot_be_set_up() -> None:
+    """A context or session that could not make the TLS stream left the TCP socket open."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(5):
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_TLS_SERVER"):
+            # A server-side context cannot make client connections.
+            await open_tls_over_tcp_stream("127.0.0.1", port, ssl_context=server_context())
+        await _expect_the_peer_closed(listener)
+    await listener.aclose()
+
+
+async def test_accept_closes_the_connection_when_tls_cannot_be_set_up() -> None:
+    """A listener whose context could not serve left each accepted socket open."""
+    listeners = await open_tls_over_tcp_listeners(0, client_context(), host="127.0.0.1")
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    with trio.fail_after(5):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_TLS_CLIENT"):
+            await listeners[0].accept()
+        assert await client.receive_some() == b""  # closed at once, not at garbage collection
+    await client.aclose()
+    await listeners[0].aclose()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+async def test_serve_rejects_a_bad_handshake_timeout_before_listening(timeout: float) -> None:
+    """A bad handshake_timeout was accepted, and took the server down at the first client."""
+
+    async def handler(stream: MemoryBIOStream[trio.SocketStream]) -> None:
+        raise AssertionError("no connection should be served")
+
+    with trio.fail_after(5), pytest.raises(ValueError, match="handshake_timeout"):
+        await serve_tls_over_tcp(
+            handler, 0, server_context(), host="127.0.0.1", handshake_timeout=timeout
+        )

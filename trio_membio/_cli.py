@@ -289,9 +289,7 @@ def describe_tls_failure(exc: BaseException, *, server_side: bool) -> str:
 
 def tidy(text: str) -> str:
     """Drop OpenSSL's "[SSL: CODE]" and "(_ssl.c:1234)" from a message."""
-    # The stream quotes OpenSSL's text, decoration included; users need neither
-    # part, nor serve_tls_over_tcp's "failed: TLS handshake failed:" stutter.
-    text = text.replace("failed: TLS handshake failed: ", "failed: ")
+    # The stream quotes OpenSSL's text, decoration included; users need neither.
     return re.sub(r"\[SSL: \w+\] |\s*\(_ssl\.c:\d+\)", "", text)
 
 

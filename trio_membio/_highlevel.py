@@ -2,11 +2,11 @@
 
 The names and arguments follow trio's ``open_ssl_over_tcp_stream``,
 ``open_ssl_over_tcp_listeners`` and ``serve_ssl_over_tcp``, so code can switch
-by renaming the function. What they add: the default client context refuses
-to ignore a missing close_notify, and the server runs every handshake under a
-deadline before calling the handler, so a client that connects and never
-speaks costs one socket for at most ``handshake_timeout`` seconds and never
-stops the server.
+by renaming the function. As with trio's, the default client context refuses
+to ignore a missing close_notify. What they add: the server runs every
+handshake under a deadline before calling the handler, so a client that
+connects and never speaks costs one socket for at most ``handshake_timeout``
+seconds and never stops the server.
 """
 
 from __future__ import annotations
@@ -72,20 +72,27 @@ async def open_tls_over_tcp_stream(
 
     Raises:
         OSError: the TCP connection failed.
+        ValueError: ``session`` belongs to another context.
+        ssl.SSLError: ``ssl_context`` cannot make client connections.
 
-    On cancellation the TCP connection is not opened (or is closed).
+    On cancellation, or if the TLS stream cannot be made, the TCP connection
+    is not opened (or is closed).
     """
-    tcp_stream = await trio.open_tcp_stream(host, port, happy_eyeballs_delay=happy_eyeballs_delay)
     if ssl_context is None:
         ssl_context = default_client_context()
     server_hostname = host.decode("ascii") if isinstance(host, bytes) else host
-    return MemoryBIOStream(
-        tcp_stream,
-        ssl_context,
-        server_hostname=server_hostname,
-        https_compatible=https_compatible,
-        session=session,
-    )
+    tcp_stream = await trio.open_tcp_stream(host, port, happy_eyeballs_delay=happy_eyeballs_delay)
+    try:
+        return MemoryBIOStream(
+            tcp_stream,
+            ssl_context,
+            server_hostname=server_hostname,
+            https_compatible=https_compatible,
+            session=session,
+        )
+    except BaseException:
+        tcp_stream.socket.close()  # synchronous: nothing can interrupt it
+        raise
 
 
 async def open_tls_over_tcp_listeners(
@@ -128,7 +135,13 @@ async def serve_tls_over_tcp(
     when ``port`` is 0).
 
     Runs until cancelled.
+
+    Raises:
+        ValueError: ``handshake_timeout`` is negative or NaN (checked before
+            listening, not when the first client connects).
     """
+    if handshake_timeout is not None and not handshake_timeout >= 0:
+        raise ValueError(f"handshake_timeout must be >= 0 or None, not {handshake_timeout!r}")
     listeners = await open_tls_over_tcp_listeners(
         port, ssl_context, host=host, https_compatible=https_compatible, backlog=backlog
     )
@@ -139,11 +152,15 @@ async def serve_tls_over_tcp(
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                logger.warning("TLS handshake with %s failed: %s", _peer(stream), exc)
+                # The exception is an argument, for handlers that look at its
+                # cause; its message says that the handshake failed.
+                logger.warning("dropped %s: %s", _peer(stream), exc)
                 return
         if scope.cancelled_caught:
             logger.warning(
-                "TLS handshake with %s timed out after %s seconds", _peer(stream), handshake_timeout
+                "dropped %s: TLS handshake timed out after %s seconds",
+                _peer(stream),
+                handshake_timeout,
             )
             return
         await handler(stream)

@@ -48,14 +48,21 @@ class MemoryBIOListener(
         Raises:
             trio.ClosedResourceError: the listener was closed.
             OSError: as the transport listener raises it.
+            ssl.SSLError: the context cannot serve (it is a client-side
+                one); the accepted connection is closed.
         """
         transport_stream = await self.transport_listener.accept()
-        return MemoryBIOStream(
-            transport_stream,
-            self._ssl_context,
-            server_side=True,
-            https_compatible=self._https_compatible,
-        )
+        try:
+            return MemoryBIOStream(
+                transport_stream,
+                self._ssl_context,
+                server_side=True,
+                https_compatible=self._https_compatible,
+            )
+        except BaseException:
+            # A context that cannot serve (a client-side one, say).
+            await trio.aclose_forcefully(transport_stream)
+            raise
 
     async def aclose(self) -> None:
         """Close the transport listener."""
