@@ -105,7 +105,9 @@ async def test_open_closes_the_connection_when_tls_cannot_be_set_up() -> None:
 async def test_accept_closes_the_connection_when_tls_cannot_be_set_up() -> None:
     """A listener whose context could not serve left each accepted socket open."""
     listeners = await open_tls_over_tcp_listeners(0, client_context(), host="127.0.0.1")
-    port = listeners[0].transport_listener.socket.getsockname()[1]
+    tcp_listener = listeners[0].transport_listener
+    assert isinstance(tcp_listener, trio.SocketListener)
+    port = tcp_listener.socket.getsockname()[1]
     with trio.fail_after(5):
         client = await trio.open_tcp_stream("127.0.0.1", port)
         with pytest.raises(ssl.SSLError, match="PROTOCOL_TLS_CLIENT"):
