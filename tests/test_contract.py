@@ -256,9 +256,16 @@ async def test_cancelled_aclose_still_closes_the_transport() -> None:
 # ------------------------------------------------------------------- 5. alerts
 
 
-async def test_local_failure_sends_the_fatal_alert_first() -> None:
+async def test_local_failure_sends_the_fatal_alert_first(autojump_clock: trio.abc.Clock) -> None:
     """trio.SSLStream drops the alert; the peer learns nothing until EOF."""
     client, server = tls_pair(client_ctx=untrusting_client_context())
+    with trio.fail_after(10):  # without the alert, the server would wait forever
+        await _handshakes_fail_with_the_alert(client, server)
+    await client.aclose()
+    await server.aclose()
+
+
+async def _handshakes_fail_with_the_alert(client: AnyStream, server: AnyStream) -> None:
     async with trio.open_nursery() as nursery:
 
         async def client_side() -> None:
@@ -277,8 +284,6 @@ async def test_local_failure_sends_the_fatal_alert_first() -> None:
 
         nursery.start_soon(client_side)
         nursery.start_soon(server_side)
-    await client.aclose()
-    await server.aclose()
 
 
 # ---------------------------------------------------------------- 6. half-close
@@ -355,6 +360,17 @@ async def test_send_all_memory_is_bounded(autojump_clock: trio.abc.Clock) -> Non
         while received < len(payload):
             received += len(await server.receive_some())
 
+    # tracemalloc cannot see ciphertext inside OpenSSL's outgoing BIO: sample
+    # it, with the chunk in flight, at every transport send.
+    held = 0
+    send_to_transport = recording.send_all
+
+    async def send_all_sampling(data: bytes | bytearray | memoryview) -> None:
+        nonlocal held
+        held = max(held, len(data) + client._engine.bytes_to_send)
+        await send_to_transport(data)
+
+    recording.send_all = send_all_sampling  # type: ignore[method-assign]
     tracemalloc.start()
     try:
         async with trio.open_nursery() as nursery:
@@ -367,6 +383,7 @@ async def test_send_all_memory_is_bounded(autojump_clock: trio.abc.Clock) -> Non
         tracemalloc.stop()
     assert received == len(payload)
     assert recording.largest_send <= SEND_WINDOW
+    assert 0 < held <= SEND_WINDOW, f"{held} bytes of ciphertext held at once"
     # Both ends' transient buffers included, far below the 16 MiB payload.
     assert peak < 1024 * 1024, f"peak extra memory {peak} bytes"
 
@@ -445,9 +462,13 @@ async def test_corrupted_record_raises_and_alerts(
 # ------------------------------------------------------------------ helpers
 
 
-async def test_two_senders_conflict_but_send_and_receive_do_not() -> None:
+async def test_two_senders_conflict_but_send_and_receive_do_not(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     client, server = await handshaken_pair(transport_pair=trio.testing.lockstep_stream_pair)
-    with pytest.RaisesGroup(trio.BusyResourceError):
+    # The lockstep transport detects conflicts too: the message says ours did.
+    ours = pytest.RaisesExc(trio.BusyResourceError, match="on this MemoryBIOStream")
+    with trio.fail_after(10), pytest.RaisesGroup(ours):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.send_all, b"a")
             nursery.start_soon(client.send_all, b"b")
@@ -461,9 +482,10 @@ async def test_two_senders_conflict_but_send_and_receive_do_not() -> None:
                 got += await stream.receive_some()
         assert set(got) == {(b"c" if name == b"s" else b"s")[0]}
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ping_pong, client, b"c")
-        nursery.start_soon(ping_pong, server, b"s")
+    with trio.fail_after(10):  # a false conflict or a deadlock would hang here
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ping_pong, client, b"c")
+            nursery.start_soon(ping_pong, server, b"s")
 
 
 async def _check_data_flows(client: AnyStream, server: AnyStream) -> None:
