@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import trio
@@ -525,10 +526,35 @@ async def test_connection_refused() -> None:
     )
 
 
+class _NoSuchHosts(trio.abc.HostnameResolver):
+    """A resolver that knows no names: the test asks no DNS server."""
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> NoReturn:
+        await trio.lowlevel.checkpoint()
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> NoReturn:
+        raise NotImplementedError
+
+
 async def test_unresolvable_host() -> None:
-    status, captured = await run_connect("no-such-host.invalid:443")
+    previous = trio.socket.set_custom_hostname_resolver(_NoSuchHosts())
+    try:
+        status, captured = await run_connect("no-such-host.invalid:443")
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
     assert status == 1
-    assert_one_error(captured, "cannot resolve 'no-such-host.invalid'")
+    assert_one_error(captured, "cannot resolve 'no-such-host.invalid': Name or service not known")
 
 
 async def test_untrusted_certificate(tmp_path: Path, pems: dict[str, str]) -> None:

@@ -4,11 +4,15 @@ One slow test builds the wheel from a copy of the working tree with pip (or
 takes the one named by ``TRIO_MEMBIO_WHEEL``, which ``nox -s package`` builds
 with ``python -m build``), checks what is inside it, installs it with its
 ``demo`` extra into a new virtual environment made with ``python -m venv``,
-and there imports the package and runs ``python -m trio_membio demo``. Both
-pip steps need PyPI (for setuptools, trio and trustme).
+and there imports the package and runs ``python -m trio_membio demo``.
 
-It runs in the normal test run. Set ``TRIO_MEMBIO_SKIP_PACKAGING=1`` to skip
-it, on a machine without access to PyPI, say; nothing else skips it.
+It needs no network: the wheel is built with the setuptools of the running
+environment (the ``test`` extra brings it), and the new environment gets the
+dependencies the wheel's metadata names, for ``demo``, followed through their
+own, copied from the running environment instead of downloaded. A dependency
+missing from the metadata is missing there too, and the demo fails.
+
+Set ``TRIO_MEMBIO_SKIP_PACKAGING=1`` to skip it; nothing else skips it.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import subprocess
 import sys
 import zipfile
 from email.parser import HeaderParser
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds one pip, venv or demo step may take.
@@ -89,13 +96,30 @@ def build_wheel(tmp_path: Path) -> Path:
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
     dist = tmp_path / "dist"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, source], cwd=tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            dist,
+            source,
+        ],
+        cwd=tmp_path,
+    )
     (wheel,) = dist.glob("trio_membio-*.whl")
     return wheel
 
 
-def check_contents(wheel: Path) -> None:
-    """The wheel ships the public modules, py.typed and the right metadata."""
+def check_contents(wheel: Path) -> list[str]:
+    """The wheel ships the public modules, py.typed and the right metadata.
+
+    Returns its requirements (Requires-Dist).
+    """
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         (metadata_name,) = [name for name in names if name.endswith(".dist-info/METADATA")]
@@ -115,16 +139,58 @@ def check_contents(wheel: Path) -> None:
     requirements = metadata.get_all("Requires-Dist") or []
     assert any(requirement.startswith("trio") for requirement in requirements), requirements
     assert "trio-membio = trio_membio._cli:run" in entry_points
+    return requirements
+
+
+def copy_dependencies(requirements: list[str], extra: str, site_packages: Path) -> set[str]:
+    """Copy what ``requirements`` (with ``extra``) need, recursively, from this environment.
+
+    Each distribution is copied file by file from its install record, its
+    ``.dist-info`` included, as pip would have installed it. Returns the
+    names copied.
+    """
+    copied: set[str] = set()
+    pending = [(Requirement(text), extra) for text in requirements]
+    while pending:
+        requirement, active_extra = pending.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate(
+            {"extra": active_extra}
+        ):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in copied:
+            continue
+        copied.add(name)
+        distribution = metadata.distribution(requirement.name)
+        assert distribution.files is not None, f"{name} has no install record to copy"
+        for file in distribution.files:
+            if ".." in file.parts:  # console scripts and other files outside site-packages
+                continue
+            target = site_packages / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(str(distribution.locate_file(file))), target)
+        for text in distribution.requires or []:
+            for wanted in requirement.extras or {""}:
+                pending.append((Requirement(text), wanted))
+    return copied
 
 
 def test_the_wheel_installs_imports_and_runs_the_demo(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
-    check_contents(wheel)
+    requirements = check_contents(wheel)
 
     environment = tmp_path / "venv"
     run([sys.executable, "-m", "venv", environment], cwd=tmp_path)
     bin_dir = environment / ("Scripts" if os.name == "nt" else "bin")
     python = bin_dir / "python"
+    site_packages = Path(
+        run(
+            [python, "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            cwd=tmp_path,
+        ).stdout.strip()
+    )
+    copied = copy_dependencies(requirements, "demo", site_packages)
+    assert {"trio", "trustme"} <= copied, copied
     run(
         [
             python,
@@ -133,10 +199,14 @@ def test_the_wheel_installs_imports_and_runs_the_demo(tmp_path: Path) -> None:
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            f"{wheel}[demo]",
+            "--no-index",
+            "--no-deps",
+            wheel,
         ],
         cwd=tmp_path,
     )
+    # pip agrees that every requirement of the wheel and its demo extra is met.
+    run([python, "-m", "pip", "check", "--disable-pip-version-check"], cwd=tmp_path)
 
     # -I: only the virtual environment's site-packages, never this checkout.
     imported = run(
