@@ -24,6 +24,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 import trustme
 
 from trio_membio import MemoryBIOListener, MemoryBIOStream, serve_tls_over_tcp
@@ -597,7 +598,6 @@ def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_trio_websocket_over_memorybio(nursery: trio.Nursery) -> None:
     """trio-websocket's public wrap_*_stream functions take any trio stream."""
-    trio_websocket = pytest.importorskip("trio_websocket")
     from trio_membio import open_tls_over_tcp_stream
 
     async def echo(stream: TLSServerStream) -> None:
@@ -615,7 +615,14 @@ async def test_trio_websocket_over_memorybio(nursery: trio.Nursery) -> None:
         "127.0.0.1", _port(listeners[0]), ssl_context=client_context()
     )
     async with trio.open_nursery() as tasks:
-        websocket = await trio_websocket.wrap_client_stream(tasks, stream, "127.0.0.1", "/echo")
+        # Annotated as taking trio's SocketStream or SSLStream; it uses only the
+        # Stream interface (docs/httpx.md says so).
+        websocket = await trio_websocket.wrap_client_stream(
+            tasks,
+            stream,  # type: ignore[arg-type]
+            "127.0.0.1",
+            "/echo",
+        )
         await websocket.send_message("over two memory BIOs")
         assert await websocket.get_message() == "OVER TWO MEMORY BIOS"
         await websocket.aclose()
