@@ -154,18 +154,28 @@ async def test_never_touches_a_reused_descriptor() -> None:
     await handshake_both(client, server)
     old_descriptor = client.transport_stream.socket.fileno()
     await client.transport_stream.aclose()  # closed behind the TLS stream's back
-    # The kernel hands out the lowest free number: likely the same one.
+    # The kernel hands out the lowest free number, so one end of a new pair
+    # likely gets the old number; if not, it is made to.
     intruder, partner = socket.socketpair()
+    duplicated = old_descriptor not in (intruder.fileno(), partner.fileno())
+    if duplicated:
+        os.dup2(intruder.fileno(), old_descriptor)
+    elif partner.fileno() == old_descriptor:
+        intruder, partner = partner, intruder
     try:
         partner.sendall(b"not yours")
         with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
             await client.receive_some()
         with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
             await client.send_all(b"x")
-        if intruder.fileno() == old_descriptor:
-            intruder.setblocking(False)
-            assert intruder.recv(100) == b"not yours"  # still unread
+        intruder.setblocking(False)
+        partner.setblocking(False)
+        assert intruder.recv(100) == b"not yours"  # still unread through the old number
+        with pytest.raises(BlockingIOError):
+            partner.recv(100)  # and nothing was written to it
     finally:
+        if duplicated:
+            os.close(old_descriptor)
         intruder.close()
         partner.close()
     await client.aclose()
