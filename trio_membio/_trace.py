@@ -41,10 +41,12 @@ class TraceEvent(NamedTuple):
     ``"unsent"``, ``"unread"``. An ``"eof"`` event has size 0: the transport
     ended. An ``"unsent"`` event (transport -> outgoing BIO) takes back part of
     the ``"send"`` before it: a socket that took only part of the ciphertext,
-    whose rest waits in the outgoing BIO to be sent again. An ``"unread"``
-    event (application -> SSLObject) takes back a ``"read"``: plaintext that
-    could not be returned yet (the same receive had TLS output to send first),
-    kept to be read again.
+    whose rest waits in the outgoing BIO to be sent again. (A send cancelled or
+    timed out part-way is not taken back: its ``"send"`` counts the whole
+    chunk, while :meth:`MemoryBIOStream.statistics` counts, on a socket, only
+    what the socket took.) An ``"unread"`` event (application -> SSLObject)
+    takes back a ``"read"``: plaintext that could not be returned yet (the same
+    receive had TLS output to send first), kept to be read again.
     """
 
     source: Stage
