@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import h11
 import httpcore
 import httpx
@@ -219,6 +222,62 @@ class HTTPSServer:
         return True
 
 
+class HTTP2Server:
+    """HTTP/2 over MemoryBIOStream (ALPN "h2"), with the h2 library.
+
+    Every path gets "stream N for PATH" back, but ``/big``, which gets
+    :data:`BIG`, sent as the client's flow-control windows allow.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self.paths: list[str] = []
+
+    async def start(self, nursery: trio.Nursery) -> HTTP2Server:
+        context = server_context()
+        context.set_alpn_protocols(["h2"])
+        listeners = await nursery.start(
+            partial(serve_tls_over_tcp, self.handle, 0, context, host="127.0.0.1")
+        )
+        self.port = _port(listeners[0])
+        return self
+
+    async def handle(self, stream: TLSServerStream) -> None:
+        assert stream.selected_alpn_protocol() == "h2"
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        unsent: dict[int, bytes] = {}  # response bodies waiting for window
+        while data := await stream.receive_some():
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    stream_id, headers = event.stream_id, event.headers
+                    assert stream_id is not None
+                    assert headers is not None
+                    path = dict(headers)[b":path"].decode()
+                    self.paths.append(path)
+                    body = BIG if path == "/big" else f"stream {stream_id} for {path}".encode()
+                    status = [(":status", "200"), ("content-length", str(len(body)))]
+                    conn.send_headers(stream_id, status)
+                    unsent[stream_id] = body
+                elif isinstance(event, h2.events.StreamReset):
+                    assert event.stream_id is not None
+                    unsent.pop(event.stream_id, None)
+            for stream_id, body in list(unsent.items()):
+                while body and (room := conn.local_flow_control_window(stream_id)):
+                    size = min(room, conn.max_outbound_frame_size)
+                    conn.send_data(stream_id, body[:size])
+                    body = body[size:]
+                if body:
+                    unsent[stream_id] = body
+                else:
+                    conn.end_stream(stream_id)
+                    del unsent[stream_id]
+            await stream.send_all(conn.data_to_send())
+
+
 def _port(listener: MemoryBIOListener[trio.SocketStream]) -> int:
     tcp_listener = listener.transport_listener
     assert isinstance(tcp_listener, trio.SocketListener)
@@ -273,6 +332,34 @@ async def test_keep_alive_reuses_one_tls_connection(nursery: trio.Nursery) -> No
         assert network_stream.get_extra_info("server_addr") == ("127.0.0.1", server.port)
         assert network_stream.get_extra_info("is_readable") is False
         assert network_stream.get_extra_info("no such key") is None
+
+
+async def test_http2_multiplexes_requests_over_one_tls_connection(nursery: trio.Nursery) -> None:
+    """ALPN negotiates h2 through the backend, and streams share one connection."""
+    server = await HTTP2Server().start(nursery)
+    pool = make_pool(http1=False, http2=True)
+    async with make_client(pool, base_url=f"https://127.0.0.1:{server.port}") as client:
+        first = await client.get("/first")  # opens the connection
+        responses: dict[str, httpx.Response] = {}
+
+        async def get(path: str) -> None:
+            responses[path] = await client.get(path)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as requests:
+                for path in ("/a", "/b", "/big", "/c"):
+                    requests.start_soon(get, path)
+        ssl_object = first.extensions["network_stream"].get_extra_info("ssl_object")
+        assert ssl_object.selected_alpn_protocol() == "h2"
+    assert first.http_version == "HTTP/2"
+    assert {response.http_version for response in responses.values()} == {"HTTP/2"}
+    assert server.connections == 1
+    assert sorted(server.paths) == ["/a", "/b", "/big", "/c", "/first"]
+    texts = {path: responses[path].text for path in ("/a", "/b", "/c")}
+    stream_ids = {text.split()[1] for text in texts.values()}
+    assert len(stream_ids) == 3  # three streams, multiplexed
+    assert all(text.endswith(f" for {path}") for path, text in texts.items())
+    assert hashlib.sha256(responses["/big"].content).hexdigest() == BIG_SHA256
 
 
 async def test_multi_megabyte_response(nursery: trio.Nursery) -> None:
