@@ -266,6 +266,9 @@ async def test_connect_ends_when_the_server_closes_with_stdin_open(tmp_path: Pat
         (b"GET /nowhere HTTP/1.1\r\n\r\n", b"404 Not Found"),
         (b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", b"400 Bad Request"),
         (b"GET /bytes/99999999999 HTTP/1.1\r\n\r\n", b"400 Bad Request"),
+        # Past int()'s digit limit, and a digit int() refuses: they ended the server.
+        (b"GET /bytes/" + b"9" * 5000 + b" HTTP/1.1\r\n\r\n", b"400 Bad Request"),
+        (b"GET /bytes/\xb2 HTTP/1.1\r\n\r\n", b"404 Not Found"),
         (b"nonsense\r\n\r\n", b"400 Bad Request"),
         (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", b"400 Bad Request"),
     ],
@@ -736,6 +739,8 @@ def test_file_errors(
         (["serve", "--port", "http"], "not a port number"),
         (["serve", "--handshake-timeout", "0"], "give a positive number"),
         (["connect", "x:1", "--timeout", "soon"], "not a number of seconds"),
+        (["connect", "x:1", "--alpn", "h" * 256], "1 to 255 ASCII characters"),
+        (["serve", "--alpn", "h2,caf\u00e9"], "1 to 255 ASCII characters"),
     ],
 )
 def test_usage_errors(
@@ -749,6 +754,44 @@ def test_usage_errors(
     assert err.startswith(ERROR)
     assert fragment in err
     assert "--help" in err
+
+
+async def test_a_handler_bug_costs_one_connection_not_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_membio import _cli_serve
+
+    def broken_route(stream: object, target: str) -> tuple[str, bytes]:
+        raise RuntimeError(f"bug while routing {target}")
+
+    ca_path = str(tmp_path / "ca.pem")
+    with trio.fail_after(TIMEOUT):
+        async with running_serve("--mode", "http", "--ca-out", ca_path) as (port, server):
+            with monkeypatch.context() as patch:
+                patch.setattr(_cli_serve, "_route", broken_route)
+                await run_connect(
+                    f"localhost:{port}", "--cafile", ca_path, stdin=b"GET / HTTP/1.1\r\n\r\n"
+                )
+            code, captured = await run_connect(
+                f"localhost:{port}", "--cafile", ca_path, stdin=b"GET / HTTP/1.1\r\n\r\n"
+            )
+    assert code == 0, captured.err.getvalue()
+    assert captured.received.startswith(b"HTTP/1.1 200 OK\r\n")  # still serving
+    log = server.out.getvalue()
+    assert "conn 1: closed" in log
+    assert "internal error, connection dropped: RuntimeError('bug while routing /')" in log
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_log() -> None:
+    from trio_membio._cli import Console
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the script that read "listening on" has exited
+    with open(write_end, "w") as out:
+        console = Console(out=out, err=io.StringIO())
+        console.say("conn 1: from 127.0.0.1:5555")  # BrokenPipeError inside
+        console.say("conn 1: closed")
+        assert console.out_gone
 
 
 def test_ipv6_address_and_alpn_lists() -> None:

@@ -24,6 +24,8 @@ interrupt elsewhere ends with a one-line note and status 130 (0 for serve).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import ssl
@@ -63,6 +65,8 @@ class Console:
     err: TextIO
     stdin: trio.abc.ReceiveStream | None = None
     stdout: trio.abc.SendStream | None = None
+    #: Set once ``out``'s reader has gone; later lines are dropped.
+    out_gone: bool = False
 
     @classmethod
     def default(cls) -> Console:
@@ -70,8 +74,23 @@ class Console:
         return cls(out=sys.stdout, err=sys.stderr)
 
     def say(self, text: str) -> None:
-        """Print a line on ``out`` and flush it, so a reader sees it at once."""
-        print(text, file=self.out, flush=True)
+        """Print a line on ``out`` and flush it, so a reader sees it at once.
+
+        If the reader has gone (a script that waited for "listening on" and
+        closed the pipe), the line is dropped: logging must not stop a server.
+        """
+        if self.out_gone:
+            return
+        try:
+            print(text, file=self.out, flush=True)
+        except BrokenPipeError:
+            self.out_gone = True
+            # What is still buffered would fail again at exit: point the
+            # descriptor at /dev/null so that the final flush succeeds.
+            with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.out.fileno())
+                os.close(devnull)
 
     def note(self, text: str) -> None:
         """Print a line on ``err``."""
@@ -198,6 +217,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         if arguments.ca_out is not None and arguments.cert is not None:
             command.error("--ca-out is for the throwaway certificate; drop it or --cert/--key")
     arguments.alpn = [name for item in arguments.alpn for name in item.split(",") if name]
+    for name in arguments.alpn:
+        if not name.isascii() or len(name) > 255:
+            command.error(f"--alpn {name[:40]!r}: a protocol name is 1 to 255 ASCII characters")
     return arguments
 
 

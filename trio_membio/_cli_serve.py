@@ -297,6 +297,10 @@ async def _handle(
         await stream.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         problem = "; " + describe_tls_failure(exc, server_side=True)
+    except Exception as exc:
+        # A bug in a handler costs its own connection, never the server.
+        problem = f"; internal error, connection dropped: {exc!r}"
+        await trio.aclose_forcefully(stream)
     finally:
         # Also when the server is stopping (cancelled): serve_listeners closes the stream.
         statistics = stream.statistics()
@@ -398,8 +402,10 @@ def _route(stream: Stream, target: str) -> tuple[str, Body]:
             f"ALPN {stream.selected_alpn_protocol()}\n"
         ).encode()
     prefix, _, count = target.partition("/bytes/")
-    if prefix == "" and count.isdigit():
-        if int(count) > _MAX_BODY:
+    # isdigit() alone takes "²" and other digits int() refuses, and a huge
+    # count would exceed int()'s digit limit: both would end the connection.
+    if prefix == "" and count.isascii() and count.isdigit():
+        if len(count) > len(str(_MAX_BODY)) or int(count) > _MAX_BODY:
             raise _BadRequest("400 Bad Request", f"at most {_MAX_BODY} bytes per request")
         return "200 OK", int(count)
     return "404 Not Found", f"no such path: {target} (try / or /bytes/N)\n".encode()
