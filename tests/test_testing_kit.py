@@ -212,6 +212,39 @@ async def test_a_hung_direction_blocks_until_cancelled_or_closed(
     assert stream.closed
 
 
+async def test_a_new_plan_ends_a_hang(autojump_clock: trio.abc.Clock) -> None:
+    """A receive blocked by a hang stayed blocked after install(), against the docs."""
+    sender, receiver = faulty_pair(None, FaultPlan(hang_received_at=0))
+    await sender.send_all(b"abcd")
+    received: list[bytes | bytearray] = []
+
+    async def receive() -> None:
+        received.append(await receiver.receive_some())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.sleep(10)
+            assert not received  # hung
+            receiver.install(FaultPlan(receive_chunks=(3,)))
+    assert received == [b"abc"]  # went on under the new plan
+    assert receiver.faults == ["receive hangs at byte 0"]
+
+
+async def test_a_hung_sending_direction_holds_send_eof_too(autojump_clock: trio.abc.Clock) -> None:
+    """hang_sent_at let send_eof() through: the peer saw a clean end instead of nothing."""
+    sender, receiver = faulty_pair(FaultPlan(hang_sent_at=2))
+    with trio.move_on_after(5):
+        await sender.send_all(b"abcd")
+    assert await receiver.receive_some() == b"ab"
+    with trio.move_on_after(5) as scope:
+        await sender.send_eof()
+    assert scope.cancelled_caught
+    with trio.move_on_after(5) as scope:
+        await receiver.receive_some()  # no end of stream arrived
+    assert scope.cancelled_caught
+
+
 async def test_hang_at_one_operation(autojump_clock: trio.abc.Clock) -> None:
     sender, receiver = faulty_pair(FaultPlan(hang_at_operation=1))
     await sender.send_all(b"a")
@@ -375,6 +408,16 @@ async def test_handshake_raises_the_first_failure_not_a_group() -> None:
     with pytest.raises(trio.BrokenResourceError) as info:
         await handshake(client, server)
     assert isinstance(info.value.__cause__, ssl.SSLError)
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_handshake_raises_an_injected_error_not_a_group() -> None:
+    client, server = memory_tls_stream_pair(
+        server_faults=FaultPlan(raise_at_operation=0, error=ConnectionResetError)
+    )
+    with pytest.raises(ConnectionResetError, match="injected fault"):
+        await handshake(client, server)
     await client.aclose()
     await server.aclose()
 

@@ -35,9 +35,9 @@ Faults, per direction:
   connection would; ``eof_received_at`` = k returns bytes ``[0, k)`` and then
   ``b""`` forever.
 - *hangs*: ``hang_sent_at`` / ``hang_received_at`` = k lets bytes ``[0, k)``
-  through, then every later call in that direction blocks until it is
-  cancelled or the stream is closed; ``hang_at_operation`` = n blocks only
-  the n-th operation.
+  through, then every later call in that direction (``send_eof`` included)
+  blocks until it is cancelled, the stream is closed or another plan is
+  installed; ``hang_at_operation`` = n blocks only the n-th operation.
 - *errors*: ``raise_at_operation`` = n makes the n-th operation raise
   ``error(message)`` (once).
 
@@ -121,6 +121,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         self.bytes_dropped: int = 0
         self._closed = False
         self._closed_event = trio.Event()
+        # Set (and replaced) by install() and aclose(): ends hangs.
+        self._hang_over = trio.Event()
         self._send_guard = _Guard("sending")
         self._receive_guard = _Guard("receiving")
         self._cancel_at: tuple[int, trio.CancelScope] | None = None
@@ -145,7 +147,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         """Replace the plan; its offsets and operation numbers count from now.
 
         An end of stream that already happened stays in force; a hang lasts
-        only as long as the plan that caused it.
+        only as long as the plan that caused it: a call blocked by one goes on
+        under the new plan.
 
         Raises:
             TypeError: the plan ends the sent stream but the wrapped stream
@@ -163,6 +166,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         self._receive_chunks = _Cycle(plan.receive_chunks)
         self._send_delays = _Cycle(plan.send_delays)
         self._receive_delays = _Cycle(plan.receive_delays)
+        hang_over, self._hang_over = self._hang_over, trio.Event()
+        hang_over.set()
 
     def cancel_at(self, scope: trio.CancelScope, operations_from_now: int = 0) -> None:
         """Cancel ``scope`` just before the inner stream sees an operation.
@@ -229,6 +234,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
                 break
             if plan.hang_sent_at is not None and position >= plan.hang_sent_at:
                 await self._hang(f"send hangs at byte {position}")
+                plan = self._plan  # a new plan ended the hang
+                continue
             size = len(view)
             chunk = self._send_chunks.next()
             if chunk is not None:
@@ -295,6 +302,7 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             return b""
         if plan.hang_received_at is not None and position >= plan.hang_received_at:
             await self._hang(f"receive hangs at byte {position}")
+            return await self._receive(max_bytes)  # a new plan ended the hang
         limit = max_bytes
         chunk = self._receive_chunks.next()
         if chunk is not None:
@@ -341,6 +349,13 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         with self._send_guard:
             async with self._operation("send_eof"):
                 inner = self._inner
+                while (
+                    not self._send_ended
+                    and (hang := self._plan.hang_sent_at) is not None
+                    and self.sent_since_install >= hang
+                ):
+                    # The end of stream is part of the sending direction too.
+                    await self._hang(f"send_eof hangs at byte {self.sent_since_install}")
                 if self._send_ended:
                     self._eof_sent_by_caller = True
                     await trio.lowlevel.checkpoint()
@@ -359,6 +374,7 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             self._closed_event.set()
+            self._hang_over.set()
             self.faults.append("closed")
         await self._inner.aclose()
 
@@ -414,9 +430,11 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this FaultyStream was closed")
 
     async def _hang(self, what: str) -> None:
+        """Block until the stream is closed (raise) or a new plan is installed (return)."""
         self.faults.append(what)
-        await self._closed_event.wait()
-        raise trio.ClosedResourceError("this FaultyStream was closed")
+        await self._hang_over.wait()
+        if self._closed:
+            raise trio.ClosedResourceError("this FaultyStream was closed")
 
 
 def _outcome_of(exc: BaseException) -> Outcome:

@@ -280,15 +280,17 @@ async def handshake(
         trio.BrokenResourceError: a handshake failed (the first failure; its
             ``__cause__`` is the ssl error).
         trio.ClosedResourceError: a stream was closed.
+        Exception: what a transport raised, such as a FaultPlan's injected
+            ``error`` (the first failure, also not in a group).
     """
-    failures: list[trio.BrokenResourceError | trio.ClosedResourceError] = []
+    failures: list[Exception] = []
 
     async with trio.open_nursery() as nursery:
 
         async def run(stream: MemoryBIOStream[trio.abc.Stream]) -> None:
             try:
                 await stream.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except Exception as exc:
                 failures.append(exc)
                 nursery.cancel_scope.cancel()
 
