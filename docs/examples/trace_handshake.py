@@ -5,13 +5,13 @@ A client and a server ``MemoryBIOStream`` talk over
 prints every hop a byte makes (transport, incoming BIO, SSLObject, outgoing
 BIO, application). Under each transport send, the TLS records in that send
 are listed by their cleartext header: content type and length. The steps run
-one after the other, so every run prints the same lines, except that the
-certificate and signature records vary by a byte or two (DER-encoded ECDSA
-signatures vary in length). docs/how-it-works.md explains this output, and
-tests/test_docs.py checks that it still matches.
+one after the other, and the testing kit's throwaway certificates are Ed25519
+(fixed-length signatures), so every run prints the same lines.
+docs/how-it-works.md explains this output, and tests/test_docs.py checks that
+it still matches.
 
-Run it with ``python docs/examples/trace_handshake.py``; it needs trustme for
-the throwaway certificates (``pip install 'trio-membio[test]'``).
+Run it with ``python docs/examples/trace_handshake.py``; it needs cryptography
+for the throwaway certificates (``pip install 'trio-membio[test]'``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ of those as plain data, so that a property-based test can generate them:
 - :mod:`trio_membio.testing.strategies` has hypothesis strategies for all of
   them.
 
-This is a runtime module: it does not import pytest, and imports trustme
+This is a runtime module: it does not import pytest, and imports cryptography
 (and, in ``strategies``, hypothesis) only when they are needed. Both come
 with ``pip install 'trio-membio[test]'``. See docs/testing.md.
 """

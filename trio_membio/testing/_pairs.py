@@ -12,11 +12,15 @@ and concurrently with ``await handshake(client, server)``. Keeping the two
 apart lets a test cancel, corrupt or fragment the handshake itself, and lets
 the pair be built outside a trio run (in a fixture or a hypothesis strategy).
 
-Certificates come from a throwaway trustme certificate authority made once
-per process and host name; the contexts are new on every call, so a test may
+Certificates come from a throwaway certificate authority made once per
+process and host name; the contexts are new on every call, so a test may
 change them. The client context verifies the certificate chain and the host
 name, trusting only that authority (it does not load the system store, which
-is slow).
+is slow). The keys are Ed25519 and the certificates have fixed serial numbers
+and dates, so every handshake has the same size and layout, run after run: a
+fault at a handshake offset hits the same byte when a failing example is
+replayed. (ECDSA signatures, as trustme makes them, vary in length by a byte
+or two, and shift every later offset.)
 
 trio.testing (the in-memory transports) is imported only when a pair is
 built, because it imports pytest whenever pytest is installed; this package
@@ -25,11 +29,15 @@ never needs pytest itself.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import ipaddress
+import os
 import ssl
+import tempfile
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import trio
 
@@ -37,9 +45,6 @@ from .._engine import TLSEngine
 from .._stream import MemoryBIOStream
 from ._faults import FaultyStream
 from ._plan import FaultPlan
-
-if TYPE_CHECKING:
-    import trustme
 
 __all__ = [
     "DEFAULT_HOSTNAME",
@@ -80,23 +85,87 @@ def _trio_testing() -> ModuleType:
     return trio.testing
 
 
-def _import_trustme() -> Any:
-    try:
-        import trustme
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "trio_membio.testing needs trustme for its throwaway certificates: "
-            f"{_INSTALL_HINT} (or pass client_context= and server_context=)"
-        ) from None
-    return trustme
+class _Authority(NamedTuple):
+    """A throwaway CA's certificate and one leaf's certificate and key, in PEM."""
+
+    ca_pem: str
+    leaf_pem: bytes  # the certificate, then its private key
 
 
 @functools.cache
-def _authority(hostname: str) -> tuple[trustme.CA, trustme.LeafCert]:
-    trustme = _import_trustme()
-    authority = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    leaf = authority.issue_cert(hostname, key_type=trustme.KeyType.ECDSA)
-    return authority, leaf
+def _authority(hostname: str) -> _Authority:
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "trio_membio.testing needs cryptography for its throwaway certificates: "
+            f"{_INSTALL_HINT} (or pass client_context= and server_context=)"
+        ) from None
+    ca_key = ed25519.Ed25519PrivateKey.generate()
+    leaf_key = ed25519.Ed25519PrivateKey.generate()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trio_membio throwaway CA")])
+    # Fixed dates and serial numbers: certificates of the same size every time.
+    start = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    end = datetime.datetime(2999, 12, 31, tzinfo=datetime.timezone.utc)
+    ca_usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(ca_usage, critical=True)
+        .sign(ca_key, None)
+    )
+    name: x509.GeneralName
+    try:
+        name = x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        name = x509.DNSName(hostname)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(2)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([name]), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, None)
+    )
+    pem = serialization.Encoding.PEM
+    key = leaf_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return _Authority(ca.public_bytes(pem).decode("ascii"), leaf.public_bytes(pem) + key)
+
+
+def _load_leaf(context: ssl.SSLContext, leaf_pem: bytes) -> None:
+    """load_cert_chain() reads only files: through a private temporary one."""
+    descriptor, path = tempfile.mkstemp(suffix=".pem")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(leaf_pem)
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
 
 
 def throwaway_contexts(
@@ -113,16 +182,16 @@ def throwaway_contexts(
         hostname: The name the server's certificate is issued for.
 
     Raises:
-        ImportError: trustme is not installed (``pip install 'trio-membio[test]'``).
+        ImportError: cryptography is not installed (``pip install 'trio-membio[test]'``).
         ValueError: ``tls_version`` is not "1.2", "1.3" or None.
     """
     if tls_version is not None and tls_version not in _VERSIONS:
         raise ValueError(f"tls_version must be '1.2', '1.3' or None, not {tls_version!r}")
-    authority, leaf = _authority(hostname)
+    authority = _authority(hostname)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and host name
-    authority.configure_trust(client)
+    client.load_verify_locations(cadata=authority.ca_pem)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    leaf.configure_cert(server)
+    _load_leaf(server, authority.leaf_pem)
     for context in (client, server):
         if tls_version is not None:
             context.minimum_version = context.maximum_version = _VERSIONS[tls_version]
@@ -215,7 +284,7 @@ def memory_tls_stream_pair(
         server_faults: The plan of the server's :class:`FaultyStream`.
 
     Raises:
-        ImportError: trustme is missing and a throwaway context is needed.
+        ImportError: cryptography is missing and a throwaway context is needed.
         ValueError: ``tls_version`` or ``alpn_protocols`` given together with
             both contexts (they only configure throwaway contexts).
     """
@@ -314,7 +383,7 @@ def tls_engine_pair(
     :func:`memory_tls_stream_pair`.
 
     Raises:
-        ImportError: trustme is missing and a throwaway context is needed.
+        ImportError: cryptography is missing and a throwaway context is needed.
     """
     client_ctx, server_ctx = _contexts(
         tls_version, None, client_context, server_context, server_hostname
