@@ -360,8 +360,8 @@ async def test_client_certificate_missing(pems: dict[str, str], version: str) ->
     else:
         assert_one_error(client, "handshake failure", "client certificate (--cert/--key)")
     warning = server.err.getvalue()
-    assert "trio_membio: warning: conn 1: dropped 127.0.0.1:" in warning
-    assert "TLS handshake failed: TLS handshake failed" not in warning
+    assert "trio_membio: warning: conn 1: TLS handshake with 127.0.0.1:" in warning
+    assert "failed: TLS handshake failed" not in warning
     assert "peer did not return a certificate (the client sent no certificate)" in warning
 
 
@@ -467,7 +467,7 @@ async def test_serve_handshake_timeout(
                 assert trio.current_time() - started == pytest.approx(3)
             await srv.err.wait_for("timed out")
     assert re.search(
-        r"trio_membio: warning: conn 1: dropped 127\.0\.0\.1:\d+: TLS handshake timed out "
+        r"trio_membio: warning: conn 1: TLS handshake with 127\.0\.0\.1:\d+ timed out "
         r"after 3\.0 seconds",
         srv.err.getvalue(),
     )
@@ -782,16 +782,22 @@ async def test_a_handler_bug_costs_one_connection_not_the_server(
     assert "internal error, connection dropped: RuntimeError('bug while routing /')" in log
 
 
-def test_a_reader_that_goes_away_does_not_stop_the_log() -> None:
+@pytest.mark.parametrize("stream", ["out", "err"])
+def test_a_reader_that_goes_away_does_not_stop_the_log(stream: str) -> None:
     from trio_membio._cli import Console
 
     read_end, write_end = os.pipe()
     os.close(read_end)  # the script that read "listening on" has exited
-    with open(write_end, "w") as out:
-        console = Console(out=out, err=io.StringIO())
-        console.say("conn 1: from 127.0.0.1:5555")  # BrokenPipeError inside
-        console.say("conn 1: closed")
-        assert console.out_gone
+    with open(write_end, "w") as gone:
+        if stream == "out":
+            console = Console(out=gone, err=io.StringIO())
+            console.say("conn 1: from 127.0.0.1:5555")  # BrokenPipeError inside
+            console.say("conn 1: closed")
+        else:  # serve 2>&1 | head -1: warnings go to the same closed pipe
+            console = Console(out=io.StringIO(), err=gone)
+            console.note("trio_membio: warning: conn 1: TLS handshake with ... failed")
+            console.error("and one more line")
+        assert console.out_gone if stream == "out" else console.err_gone
 
 
 def test_ipv6_address_and_alpn_lists() -> None:

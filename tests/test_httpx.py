@@ -377,7 +377,7 @@ async def test_untrusted_certificate_is_a_connect_error(nursery: trio.Nursery) -
     distrusting = ssl.create_default_context()
     other_ca.configure_trust(distrusting)
 
-    with warning_logged("dropped 127.0.0.1") as logged:
+    with warning_logged("TLS handshake with 127.0.0.1") as logged:
         async with make_client(make_pool(distrusting)) as client:
             with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
                 await client.get(f"https://127.0.0.1:{server.port}/hello")

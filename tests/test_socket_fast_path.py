@@ -159,6 +159,8 @@ async def test_never_touches_a_reused_descriptor() -> None:
     intruder, partner = socket.socketpair()
     duplicated = old_descriptor not in (intruder.fileno(), partner.fileno())
     if duplicated:
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(old_descriptor)  # free: dup2 clobbers nobody's descriptor
         os.dup2(intruder.fileno(), old_descriptor)
     elif partner.fileno() == old_descriptor:
         intruder, partner = partner, intruder

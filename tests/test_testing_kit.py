@@ -206,10 +206,11 @@ async def test_a_hung_direction_blocks_until_cancelled_or_closed(
         await trio.sleep(1)
         await stream.aclose()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(close_soon)
-        with pytest.raises(trio.ClosedResourceError):
-            await operate()
+    with trio.fail_after(60):  # the close must wake it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_soon)
+            with pytest.raises(trio.ClosedResourceError):
+                await operate()
     assert stream.closed
 
 
@@ -230,6 +231,24 @@ async def test_a_new_plan_ends_a_hang(autojump_clock: trio.abc.Clock) -> None:
             receiver.install(FaultPlan(receive_chunks=(3,)))
     assert received == [b"abc"]  # went on under the new plan
     assert receiver.faults == ["receive hangs at byte 0"]
+
+
+async def test_a_new_plan_ends_a_send_hang(autojump_clock: trio.abc.Clock) -> None:
+    sender, receiver = faulty_pair(FaultPlan(hang_sent_at=2))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.send_all, b"abcdefgh")
+            await trio.sleep(10)
+            assert await receiver.receive_some() == b"ab"  # then the send hung
+            # The old plan's hang, counted from the new origin, would stop it
+            # again after two more bytes.
+            sender.install(FaultPlan(send_chunks=(1,)))
+        rest = b""
+        while len(rest) < 6:
+            rest += await receiver.receive_some()
+        assert rest == b"cdefgh"
+        await sender.send_eof()  # no longer hung either
+        assert await receiver.receive_some() == b""
 
 
 async def test_a_hung_sending_direction_holds_send_eof_too(autojump_clock: trio.abc.Clock) -> None:
@@ -426,6 +445,31 @@ async def test_every_handshake_has_the_same_size(version: Literal["1.2", "1.3"])
         await client.aclose()
         await server.aclose()
     assert len(sizes) == 1, sizes
+
+
+async def test_a_client_can_trust_several_throwaway_authorities() -> None:
+    """Authorities with one shared name made a client trusting two of them fail with one."""
+    client_context, _ = throwaway_contexts(hostname="a.example")
+    other, _ = throwaway_contexts(hostname="b.example")
+    for certificate in other.get_ca_certs(binary_form=True):
+        client_context.load_verify_locations(cadata=certificate)
+    for hostname in ("a.example", "b.example"):
+        _, server_context = throwaway_contexts(hostname=hostname)
+        client, server = memory_tls_stream_pair(
+            client_context=client_context, server_context=server_context, server_hostname=hostname
+        )
+        await handshake(client, server)
+        await client.aclose()
+        await server.aclose()
+
+
+@pytest.mark.parametrize("hostname", ["bücher.example", "127.0.0.1", "::1"])
+async def test_throwaway_certificates_for_any_host_name(hostname: str) -> None:
+    client, server = memory_tls_stream_pair(server_hostname=hostname)
+    await handshake(client, server)
+    assert server.version() == "TLSv1.3"
+    await client.aclose()
+    await server.aclose()
 
 
 async def test_handshake_raises_an_injected_error_not_a_group() -> None:

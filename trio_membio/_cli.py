@@ -46,6 +46,21 @@ PROGRAM = "trio_membio"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+def _print_line(text: str, file: TextIO) -> bool:
+    """Print and flush a line; False if the reader has gone (a broken pipe)."""
+    try:
+        print(text, file=file, flush=True)
+    except BrokenPipeError:
+        # What is still buffered would fail again at exit: point the
+        # descriptor at /dev/null so that the final flush succeeds.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, file.fileno())
+            os.close(devnull)
+        return False
+    return True
+
+
 class CLIError(Exception):
     """A failure the user can fix; its message is printed as one line."""
 
@@ -65,8 +80,11 @@ class Console:
     err: TextIO
     stdin: trio.abc.ReceiveStream | None = None
     stdout: trio.abc.SendStream | None = None
-    #: Set once ``out``'s reader has gone; later lines are dropped.
+    #: Set once ``out``'s (or ``err``'s) reader has gone, a script that
+    #: waited for "listening on" and closed the pipe, say: later lines are
+    #: dropped, since logging must not stop a server.
     out_gone: bool = False
+    err_gone: bool = False
 
     @classmethod
     def default(cls) -> Console:
@@ -74,27 +92,14 @@ class Console:
         return cls(out=sys.stdout, err=sys.stderr)
 
     def say(self, text: str) -> None:
-        """Print a line on ``out`` and flush it, so a reader sees it at once.
-
-        If the reader has gone (a script that waited for "listening on" and
-        closed the pipe), the line is dropped: logging must not stop a server.
-        """
-        if self.out_gone:
-            return
-        try:
-            print(text, file=self.out, flush=True)
-        except BrokenPipeError:
-            self.out_gone = True
-            # What is still buffered would fail again at exit: point the
-            # descriptor at /dev/null so that the final flush succeeds.
-            with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.out.fileno())
-                os.close(devnull)
+        """Print a line on ``out`` and flush it, so a reader sees it at once."""
+        if not self.out_gone:
+            self.out_gone = not _print_line(text, self.out)
 
     def note(self, text: str) -> None:
         """Print a line on ``err``."""
-        print(text, file=self.err, flush=True)
+        if not self.err_gone:
+            self.err_gone = not _print_line(text, self.err)
 
     def error(self, text: str) -> None:
         """Print the one-line error report."""

@@ -233,9 +233,9 @@ class _ConsoleHandler(logging.Handler):
                 if isinstance(event, TraceEvent):
                     self._tracer(event)
         elif record.levelno >= logging.WARNING:
-            # serve_tls_over_tcp passes the exception as an argument: it knows the cause.
-            causes = [arg for arg in arguments if isinstance(arg, BaseException)]
-            hint = tls_hint(causes[0], server_side=True) if causes else ""
+            # serve_tls_over_tcp attaches the exception: it knows the cause.
+            cause = getattr(record, "tls_error", None)
+            hint = tls_hint(cause, server_side=True) if isinstance(cause, BaseException) else ""
             message = tidy(record.getMessage())
             level = record.levelname.lower()
             self._console.note(f"{PROGRAM}: {level}: {self._labels.current()}{message}{hint}")

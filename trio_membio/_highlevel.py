@@ -129,8 +129,9 @@ async def serve_tls_over_tcp(
 
     Each connection's handshake must finish within ``handshake_timeout``
     seconds (None: no limit) before ``handler`` is called with the stream. A
-    failed or timed-out handshake is logged on the ``trio_membio`` logger and
-    closes that connection only. The stream is closed when the handler
+    failed or timed-out handshake is logged on the ``trio_membio`` logger (a
+    failure's record carries the exception as ``tls_error``) and closes that
+    connection only. The stream is closed when the handler
     returns. ``task_status.started`` gets the listeners (to learn the port
     when ``port`` is 0).
 
@@ -152,15 +153,19 @@ async def serve_tls_over_tcp(
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                # The exception is an argument, for handlers that look at its
-                # cause; its message says that the handshake failed.
-                logger.warning("dropped %s: %s", _peer(stream), exc)
+                # Not "failed: TLS handshake failed: ...". Handlers that want
+                # the ssl error behind it find the exception in tls_error.
+                detail = str(exc).removeprefix("TLS handshake failed: ")
+                logger.warning(
+                    "TLS handshake with %s failed: %s",
+                    _peer(stream),
+                    detail,
+                    extra={"tls_error": exc},
+                )
                 return
         if scope.cancelled_caught:
             logger.warning(
-                "dropped %s: TLS handshake timed out after %s seconds",
-                _peer(stream),
-                handshake_timeout,
+                "TLS handshake with %s timed out after %s seconds", _peer(stream), handshake_timeout
             )
             return
         await handler(stream)

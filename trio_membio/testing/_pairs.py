@@ -106,7 +106,12 @@ def _authority(hostname: str) -> _Authority:
         ) from None
     ca_key = ed25519.Ed25519PrivateKey.generate()
     leaf_key = ed25519.Ed25519PrivateKey.generate()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trio_membio throwaway CA")])
+    # Each authority's own name and key identifiers, so that a context trusting
+    # several of them picks the right issuer (OpenSSL looks issuers up by name).
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"trio_membio throwaway CA for {hostname}")]
+    )
+    ca_key_id = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     # Fixed dates and serial numbers: certificates of the same size every time.
     start = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
     end = datetime.datetime(2999, 12, 31, tzinfo=datetime.timezone.utc)
@@ -131,13 +136,15 @@ def _authority(hostname: str) -> _Authority:
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(ca_usage, critical=True)
+        .add_extension(ca_key_id, critical=False)
         .sign(ca_key, None)
     )
     name: x509.GeneralName
     try:
         name = x509.IPAddress(ipaddress.ip_address(hostname))
     except ValueError:
-        name = x509.DNSName(hostname)
+        # As ssl sends it: an internationalised name in its ASCII form.
+        name = x509.DNSName(hostname.encode("idna").decode("ascii"))
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
@@ -148,6 +155,10 @@ def _authority(hostname: str) -> _Authority:
         .not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName([name]), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_id),
+            critical=False,
+        )
         .sign(ca_key, None)
     )
     pem = serialization.Encoding.PEM
