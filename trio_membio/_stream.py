@@ -690,29 +690,24 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 self._eof_sent = True  # our close_notify is queued: no more sending
                 if engine.bytes_to_send:
                     yielded = await self._send_queued(closing=True) or yielded
-                if finished:
+                # A peer that goes on sending data instead of its close_notify:
+                # stop reading ahead there, so memory stays bounded.
+                if finished or engine.buffered_plaintext >= SET_ASIDE_LIMIT:
                     break
-                if engine.buffered_plaintext >= SET_ASIDE_LIMIT:
-                    # A peer that goes on sending data instead of its
-                    # close_notify: stop reading ahead, so memory stays
-                    # bounded. Nothing is lost; the caller reads it first.
-                    if not yielded:
-                        await cancel_shielded_checkpoint()
-                    raise UnreadDataError(
-                        f"the peer has sent {engine.buffered_plaintext} bytes of data that "
-                        "were never received, and no close_notify yet: call receive_some() "
-                        "until it returns b'', then unwrap() again"
-                    )
                 yielded = await self._receive_ciphertext() or yielded
             if engine.buffered_plaintext:
-                # The peer sent data before its close_notify that nobody
-                # received. Keep it readable rather than drop it.
+                # The peer sent data that nobody received. Keep it readable
+                # rather than drop it.
                 if not yielded:
                     await cancel_shielded_checkpoint()
+                sent = (
+                    "before its close_notify that were never received"
+                    if finished
+                    else "that were never received, and no close_notify yet"
+                )
                 raise UnreadDataError(
-                    f"the peer sent {engine.buffered_plaintext} bytes of data before its "
-                    "close_notify that were never received: call receive_some() until it "
-                    "returns b'', then unwrap() again"
+                    f"the peer sent {engine.buffered_plaintext} bytes of data {sent}: call "
+                    "receive_some() until it returns b'', then unwrap() again"
                 )
             if not yielded:
                 await cancel_shielded_checkpoint()
