@@ -282,6 +282,120 @@ async def test_raise_a_chosen_exception() -> None:
     assert stream.faults == ["raised ConnectionResetError at operation 0 (receive)"]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [OSError, ConnectionResetError, KeyError, trio.BrokenResourceError, trio.ClosedResourceError],
+)
+async def test_raise_on_send_at_the_nth_send(error: type[Exception]) -> None:
+    """raise_on_send_at counts only the sending direction and raises send_error once."""
+    sender, receiver = faulty_pair(FaultPlan(raise_on_send_at=1, send_error=error))
+    await receiver.send_all(b"in")
+    assert await sender.receive_some() == b"in"  # a receive does not count
+    await sender.send_all(b"first")
+    with pytest.raises(error, match="injected fault: send operation 1"):
+        await sender.send_all(b"second")
+    await sender.send_all(b"third")  # once
+    assert await receiver.receive_some() == b"firstthird"
+    assert [record.outcome for record in sender.operations] == [
+        Outcome.OK,
+        Outcome.OK,
+        Outcome.INJECTED,
+        Outcome.OK,
+    ]
+    assert sender.faults == [f"raised {error.__name__} at send operation 1 (send) failed"]
+
+
+async def test_raise_on_send_at_counts_waits_and_send_eof() -> None:
+    """wait_send_all_might_not_block and send_eof are operations of the sending direction."""
+    sender, receiver = faulty_pair(FaultPlan(raise_on_send_at=1, send_error=OSError))
+    await sender.wait_send_all_might_not_block()
+    with pytest.raises(OSError, match="send operation 1 \\(send_eof\\)"):
+        await sender.send_eof()
+    assert sender.operations[-1].outcome is Outcome.INJECTED
+    await sender.send_all(b"not ended")  # the failed send_eof ended nothing
+    assert await receiver.receive_some() == b"not ended"
+    sender.install(FaultPlan(raise_on_send_at=0, send_error=KeyError))
+    with pytest.raises(KeyError):
+        await sender.wait_send_all_might_not_block()
+    assert sender.operations[-1].kind == "wait"
+    assert sender.operations[-1].outcome is Outcome.INJECTED
+
+
+@pytest.mark.parametrize("lockstep", [False, True], ids=["memory", "lockstep"])
+async def test_send_error_after_bytes_delivers_a_prefix_then_raises(
+    lockstep: bool, autojump_clock: trio.abc.Clock
+) -> None:
+    """A partial write that fails: k bytes reach the peer, then send_error is raised."""
+    sender, receiver = faulty_pair(
+        FaultPlan(raise_on_send_at=0, send_error=ConnectionResetError, send_error_after_bytes=3),
+        lockstep=lockstep,
+    )
+    received = bytearray()
+
+    async def receive() -> None:
+        while len(received) < 3 + 4:
+            received.extend(await receiver.receive_some())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            with pytest.raises(ConnectionResetError, match="after 3 bytes"):
+                await sender.send_all(b"abcdef")
+            await sender.send_all(b"next")
+    assert received == b"abcnext"
+    record = sender.operations[0]
+    assert (record.outcome, record.nbytes) == (Outcome.INJECTED, 3)
+    assert sender.bytes_sent == 3 + 4
+    assert sender.faults == [
+        "raised ConnectionResetError at send operation 0 (send) failed after 3 bytes"
+    ]
+
+
+async def test_send_error_after_more_bytes_than_the_send_has() -> None:
+    """A prefix longer than the data delivers all of it and still raises."""
+    sender, receiver = faulty_pair(
+        FaultPlan(raise_on_send_at=0, send_error=KeyError, send_error_after_bytes=100)
+    )
+    with pytest.raises(KeyError):
+        await sender.send_all(b"short")
+    assert await receiver.receive_some() == b"short"
+    assert sender.operations[0].outcome is Outcome.INJECTED
+
+
+@pytest.mark.parametrize("error", [OSError, KeyError, trio.ClosedResourceError])
+async def test_raise_on_receive_at_the_nth_receive_loses_nothing(error: type[Exception]) -> None:
+    """raise_on_receive_at counts only receives; the failed receive takes nothing."""
+    sender, receiver = faulty_pair(None, FaultPlan(raise_on_receive_at=1, receive_error=error))
+    await receiver.send_all(b"sends do not count")
+    await sender.send_all(b"one")
+    assert await receiver.receive_some() == b"one"
+    await sender.send_all(b"two")
+    with pytest.raises(error, match="injected fault: receive operation 1"):
+        await receiver.receive_some()
+    assert receiver.operations[-1].outcome is Outcome.INJECTED
+    assert await receiver.receive_some() == b"two"  # once, and nothing was lost
+    assert receiver.faults == [f"raised {error.__name__} at receive operation 1 (receive) failed"]
+
+
+async def test_direction_errors_reach_a_tls_stream_chained_or_bare() -> None:
+    """The per-direction faults reach a MemoryBIOStream through its transport."""
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
+    client.transport_stream.install(FaultPlan(raise_on_receive_at=0, receive_error=KeyError))
+    await server.send_all(b"x")
+    with pytest.raises((KeyError, trio.BrokenResourceError)) as info:
+        await client.receive_some()
+    chain: list[BaseException] = []
+    error: BaseException | None = info.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(link, KeyError) for link in chain)
+    assert client.transport_stream.operations[-1].outcome is Outcome.INJECTED
+    await client.aclose()
+    await server.aclose()
+
+
 async def test_cancel_at_an_operation() -> None:
     sender, receiver = faulty_pair()
     with trio.CancelScope() as scope:
@@ -339,9 +453,24 @@ def test_plan_validation() -> None:
         {"receive_delays": (-1.0,)},
         {"eof_sent_at": -1},
         {"raise_at_operation": -2},
+        {"raise_on_send_at": -1},
+        {"raise_on_receive_at": -1},
+        {"raise_on_send_at": 0, "send_error_after_bytes": -1},
+        {"send_error_after_bytes": 1},  # without raise_on_send_at it means nothing
     ):
         with pytest.raises(ValueError, match="FaultPlan"):
             FaultPlan(**bad)
+    for bad_type in (
+        {"send_error": "OSError"},
+        {"receive_error": int},
+        {"error": trio.Cancelled},
+        {"send_error": UnicodeDecodeError},  # needs five arguments
+    ):
+        with pytest.raises(TypeError, match="FaultPlan"):
+            FaultPlan(**bad_type)
+    assert FaultPlan(send_error=KeyError, receive_error=OSError).is_transparent
+    assert not FaultPlan(raise_on_send_at=0).is_transparent
+    assert not FaultPlan(raise_on_receive_at=3).is_transparent
     for corruption in ({"offset": -1}, {"offset": 0, "xor": 0}, {"offset": 0, "value": 256}):
         with pytest.raises(ValueError, match="Corruption"):
             Corruption(**corruption)
@@ -550,6 +679,27 @@ def test_default_fault_plans_keep_data_intact(plan: FaultPlan) -> None:
     assert plan.eof_sent_at is plan.eof_received_at is None
     assert plan.hang_sent_at is plan.hang_received_at is plan.hang_at_operation is None
     assert plan.raise_at_operation is None
+    assert plan.raise_on_send_at is plan.raise_on_receive_at is None
+
+
+@given(plan=fault_plans(direction_errors=(KeyError, OSError), max_offset=40, max_operation=5))
+def test_fault_plans_draw_direction_errors(plan: FaultPlan) -> None:
+    assert plan.send_error in (KeyError, OSError)
+    assert plan.receive_error in (KeyError, OSError)
+    assert plan.send_error_after_bytes <= 40
+    if plan.raise_on_send_at is None:
+        assert plan.send_error_after_bytes == 0
+    assert plan.raise_at_operation is None  # `errors` was not given
+
+
+@given(st.data())
+def test_drawn_direction_errors_can_all_be_drawn(data: st.DataObject) -> None:
+    """Every per-direction field can be drawn set (the strategy is not stuck on None)."""
+    strategy = fault_plans(direction_errors=(KeyError,), max_offset=3, max_operation=2)
+    plan = data.draw(strategy.filter(lambda plan: plan.raise_on_send_at is not None))
+    assert plan.send_error is KeyError
+    plan = data.draw(strategy.filter(lambda plan: plan.raise_on_receive_at is not None))
+    assert plan.receive_error is KeyError
 
 
 @given(

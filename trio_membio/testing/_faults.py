@@ -39,7 +39,18 @@ Faults, per direction:
   blocks until it is cancelled, the stream is closed or another plan is
   installed; ``hang_at_operation`` = n blocks only the n-th operation.
 - *errors*: ``raise_at_operation`` = n makes the n-th operation raise
-  ``error(message)`` (once).
+  ``error(message)`` (once). Per direction, ``raise_on_send_at`` = n makes the
+  n-th operation of the sending direction (``send_all``,
+  ``wait_send_all_might_not_block`` and ``send_eof`` share one count) raise
+  ``send_error(message)``, and ``raise_on_receive_at`` = n makes the n-th
+  ``receive_some`` raise ``receive_error(message)``, each once. The error
+  types may be any exception class (``OSError``, ``ConnectionResetError``,
+  ``KeyError``, :exc:`trio.ClosedResourceError`, ...), as a real or buggy
+  transport would raise. With ``send_error_after_bytes`` = k the failing
+  ``send_all`` first delivers the first k bytes of its data (all of it if it
+  has fewer), then raises: a partial write that fails. An injected receive
+  error takes nothing from the wrapped stream, so nothing is lost; the
+  operation's record says :attr:`Outcome.INJECTED`.
 
 Blocking for a hang or a delay ends with :exc:`trio.ClosedResourceError` as
 soon as :meth:`FaultyStream.aclose` is called, as a real transport wakes its
@@ -126,6 +137,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         self._send_guard = _Guard("sending")
         self._receive_guard = _Guard("receiving")
         self._cancel_at: tuple[int, trio.CancelScope] | None = None
+        # Set by _begin() for a send_all that must fail after a prefix.
+        self._failing_send: str | None = None
         self._send_ended = False
         self._eof_sent_by_caller = False
         self._receive_ended = False
@@ -162,6 +175,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         self._sent_origin = self.bytes_sent
         self._received_origin = self.bytes_received
         self._operation_origin = len(self.operations)
+        self._send_operations = 0  # sending-direction operations since install
+        self._receive_operations = 0  # receive_some calls since install
         self._send_chunks = _Cycle(plan.send_chunks)
         self._receive_chunks = _Cycle(plan.receive_chunks)
         self._send_delays = _Cycle(plan.send_delays)
@@ -212,13 +227,27 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: another task is sending.
             trio.ClosedResourceError: this stream was closed.
             trio.BrokenResourceError: the inner stream broke.
-            Exception: the plan's ``error`` at ``raise_at_operation``.
+            Exception: the plan's ``error`` at ``raise_at_operation``, or its
+                ``send_error`` at ``raise_on_send_at`` (after
+                ``send_error_after_bytes`` bytes went through).
         """
         with self._send_guard:
             async with self._operation("send") as record:
                 if self._eof_sent_by_caller:
                     raise trio.ClosedResourceError("send_eof() was called on this FaultyStream")
-                await self._send(memoryview(bytes(data)), record)
+                view = memoryview(bytes(data))
+                failure = self._failing_send
+                if failure is None:
+                    await self._send(view, record)
+                    return
+                self._failing_send = None
+                await self._send(view[: self._plan.send_error_after_bytes], record)
+                record.outcome = Outcome.INJECTED
+                error = self._plan.send_error
+                self.faults.append(
+                    f"raised {error.__name__} at {failure} after {record.nbytes} bytes"
+                )
+                raise error(f"injected fault: {failure} after {record.nbytes} bytes")
 
     async def _send(self, view: memoryview, record: OperationRecord) -> None:
         plan = self._plan
@@ -278,7 +307,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: another task is receiving.
             trio.ClosedResourceError: this stream was closed.
             trio.BrokenResourceError: the inner stream broke.
-            Exception: the plan's ``error`` at ``raise_at_operation``.
+            Exception: the plan's ``error`` at ``raise_at_operation``, or its
+                ``receive_error`` at ``raise_on_receive_at``.
         """
         with self._receive_guard:
             async with self._operation("receive") as record:
@@ -319,7 +349,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         return data
 
     async def wait_send_all_might_not_block(self) -> None:
-        """Pass through (only ``raise_at_operation`` / ``hang_at_operation`` apply).
+        """Pass through (only ``raise_at_operation``, ``raise_on_send_at`` and
+        ``hang_at_operation`` apply).
 
         Cancelling it loses nothing.
 
@@ -327,7 +358,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: another task is sending.
             trio.ClosedResourceError: this stream was closed.
             trio.BrokenResourceError: the inner stream broke.
-            Exception: the plan's ``error`` at ``raise_at_operation``.
+            Exception: the plan's ``error`` at ``raise_at_operation``, or its
+                ``send_error`` at ``raise_on_send_at``.
         """
         with self._send_guard:
             async with self._operation("wait"):
@@ -344,7 +376,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: another task is sending.
             trio.ClosedResourceError: this stream was closed.
             TypeError: the wrapped stream has no ``send_eof``.
-            Exception: the plan's ``error`` at ``raise_at_operation``.
+            Exception: the plan's ``error`` at ``raise_at_operation``, or its
+                ``send_error`` at ``raise_on_send_at``.
         """
         with self._send_guard:
             async with self._operation("send_eof"):
@@ -387,7 +420,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         try:
             yield record
         except BaseException as exc:
-            record.outcome = _outcome_of(exc)
+            if record.outcome is Outcome.RUNNING:
+                record.outcome = _outcome_of(exc)
             raise
         record.outcome = Outcome.OK
 
@@ -415,6 +449,7 @@ class FaultyStream(trio.abc.HalfCloseableStream):
                 self.faults.append(f"raised {plan.error.__name__} at operation {relative} ({kind})")
                 record.outcome = Outcome.INJECTED
                 raise plan.error(f"injected fault: operation {relative} ({kind}) failed")
+            await self._raise_per_direction(kind, record)
             if plan.hang_at_operation == relative:
                 await self._hang(f"operation {relative} ({kind}) hangs")
         except BaseException as exc:
@@ -422,6 +457,32 @@ class FaultyStream(trio.abc.HalfCloseableStream):
                 record.outcome = _outcome_of(exc)
             raise
         return record
+
+    async def _raise_per_direction(self, kind: str, record: OperationRecord) -> None:
+        """Apply ``raise_on_send_at`` / ``raise_on_receive_at`` to this operation."""
+        plan = self._plan
+        if kind == "receive":
+            number = self._receive_operations
+            self._receive_operations += 1
+            if plan.raise_on_receive_at != number:
+                return
+            error = plan.receive_error
+            what = f"receive operation {number} ({kind}) failed"
+        else:
+            number = self._send_operations
+            self._send_operations += 1
+            if plan.raise_on_send_at != number:
+                return
+            error = plan.send_error
+            what = f"send operation {number} ({kind}) failed"
+            if kind == "send" and plan.send_error_after_bytes:
+                # send_all() delivers its prefix first, then raises.
+                self._failing_send = what
+                return
+        await trio.lowlevel.checkpoint()
+        self.faults.append(f"raised {error.__name__} at {what}")
+        record.outcome = Outcome.INJECTED
+        raise error(f"injected fault: {what}")
 
     async def _sleep(self, seconds: float) -> None:
         with trio.move_on_after(seconds):

@@ -55,8 +55,13 @@ class FaultPlan:
     """What a :class:`FaultyStream` does wrong; the default does nothing.
 
     Offsets are byte positions and operation numbers are 0-based, both
-    counted from when the plan was installed. Sequences are used cyclically.
-    See the module documentation for what each fault does.
+    counted from when the plan was installed. ``raise_at_operation`` counts
+    every operation; ``raise_on_send_at`` counts only the sending direction's
+    (``send_all``, ``wait_send_all_might_not_block``, ``send_eof``) and
+    ``raise_on_receive_at`` only ``receive_some`` calls. Sequences are used
+    cyclically. Error types are any exception class that takes one message
+    argument (not :exc:`trio.Cancelled`: cancel a scope for that). See the
+    module documentation of ``_faults.py`` for what each fault does.
     """
 
     send_chunks: tuple[int, ...] = ()
@@ -72,6 +77,11 @@ class FaultPlan:
     hang_at_operation: int | None = None
     raise_at_operation: int | None = None
     error: type[Exception] = field(default=trio.BrokenResourceError)
+    raise_on_send_at: int | None = None
+    send_error: type[BaseException] = field(default=trio.BrokenResourceError)
+    send_error_after_bytes: int = 0
+    raise_on_receive_at: int | None = None
+    receive_error: type[BaseException] = field(default=trio.BrokenResourceError)
 
     def __post_init__(self) -> None:
         for name in ("send_chunks", "receive_chunks"):
@@ -89,15 +99,49 @@ class FaultPlan:
             "hang_received_at",
             "hang_at_operation",
             "raise_at_operation",
+            "raise_on_send_at",
+            "raise_on_receive_at",
         ):
             value: int | None = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"FaultPlan.{name} must be at least 0, not {value}")
+        if self.send_error_after_bytes < 0:
+            raise ValueError(
+                "FaultPlan.send_error_after_bytes must be at least 0, "
+                f"not {self.send_error_after_bytes}"
+            )
+        if self.send_error_after_bytes and self.raise_on_send_at is None:
+            raise ValueError(
+                "FaultPlan.send_error_after_bytes only applies to the send that "
+                "raise_on_send_at names: set raise_on_send_at too"
+            )
+        for name in ("error", "send_error", "receive_error"):
+            _check_error_type(f"FaultPlan.{name}", getattr(self, name))
 
     @property
     def is_transparent(self) -> bool:
         """Whether this plan changes neither the bytes nor their timing."""
-        return self == FaultPlan(error=self.error)
+        # The error types alone inject nothing: only the positions that use them do.
+        return self == FaultPlan(
+            error=self.error, send_error=self.send_error, receive_error=self.receive_error
+        )
+
+
+def _check_error_type(name: str, error: object) -> None:
+    """Reject what a FaultyStream could not raise as ``error("injected fault: ...")``."""
+    if not (isinstance(error, type) and issubclass(error, BaseException)):
+        raise TypeError(f"{name} must be an exception class, not {error!r}")
+    if issubclass(error, trio.Cancelled):
+        # trio.Cancelled cannot be made by hand; cancel a scope instead
+        # (FaultyStream.cancel_at, or a hang and a deadline).
+        raise TypeError(f"{name} cannot be trio.Cancelled: use FaultyStream.cancel_at()")
+    try:
+        error("injected fault")
+    except Exception as exc:
+        raise TypeError(
+            f"{name} must be constructible from one message argument: "
+            f"{error.__name__}('...') raised {exc!r}"
+        ) from exc
 
 
 def random_chunks(
@@ -119,7 +163,7 @@ class Outcome(enum.Enum):
     RUNNING = "running"
     OK = "ok"
     CANCELLED = "cancelled"
-    INJECTED = "injected"  # the plan's raise_at_operation
+    INJECTED = "injected"  # raise_at_operation, raise_on_send_at or raise_on_receive_at
     FAILED = "failed"  # the inner stream raised
 
 

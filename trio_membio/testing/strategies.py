@@ -7,7 +7,8 @@ Every value here is plain data from :mod:`trio_membio.testing`, so a failing
 example prints as a readable constructor call and shrinks towards the
 simplest misbehaviour: chunk sizes towards 1, delays and offsets towards 0,
 optional faults towards absent. Faults that change what a correct program
-observes (corruption, an early end, hangs, errors) are off unless asked for,
+observes (corruption, an early end, hangs, errors, per-direction errors) are
+off unless asked for,
 so ``fault_plans()`` alone only reorders time and fragments bytes, and any
 test of "the data arrives intact" may use it.
 
@@ -17,6 +18,8 @@ Importing this module needs hypothesis (``pip install 'trio-membio[test]'``).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import trio
 
@@ -94,6 +97,7 @@ def fault_plans(
     eof: bool = False,
     hangs: bool = False,
     errors: tuple[type[Exception], ...] = (),
+    direction_errors: tuple[type[BaseException], ...] = (),
     max_offset: int = 65536,
     max_operation: int = 32,
 ) -> st.SearchStrategy[FaultPlan]:
@@ -111,6 +115,10 @@ def fault_plans(
             ``hang_at_operation``.
         errors: Exception types ``raise_at_operation`` may raise; empty for
             no injected errors.
+        direction_errors: Exception types for the per-direction faults:
+            maybe draw ``raise_on_send_at`` (with ``send_error`` and a
+            ``send_error_after_bytes`` prefix) and ``raise_on_receive_at``
+            (with ``receive_error``); empty for none.
         max_offset: The largest byte offset for corruption, ends and hangs.
         max_operation: The largest operation number for hangs and errors.
     """
@@ -122,7 +130,7 @@ def fault_plans(
     chunks = chunkings(max_size=max_chunk) if chunking else nothing
     waits = delays(max_seconds=max_delay) if delay else no_delay
     maybe_offset = none | offsets
-    return st.builds(
+    plans = st.builds(
         FaultPlan,
         send_chunks=chunks,
         receive_chunks=chunks,
@@ -139,6 +147,38 @@ def fault_plans(
         hang_at_operation=(none | operations) if hangs else none,
         raise_at_operation=(none | operations) if errors else none,
         error=st.sampled_from(errors) if errors else st.just(trio.BrokenResourceError),
+    )
+    if not direction_errors:
+        return plans
+    error_types = st.sampled_from(direction_errors)
+    return st.builds(
+        _with_direction_errors,
+        plans,
+        send_at=none | operations,
+        send_error=error_types,
+        after_bytes=offsets,
+        receive_at=none | operations,
+        receive_error=error_types,
+    )
+
+
+def _with_direction_errors(
+    plan: FaultPlan,
+    *,
+    send_at: int | None,
+    send_error: type[BaseException],
+    after_bytes: int,
+    receive_at: int | None,
+    receive_error: type[BaseException],
+) -> FaultPlan:
+    return dataclasses.replace(
+        plan,
+        raise_on_send_at=send_at,
+        send_error=send_error,
+        # A prefix only means something for a send that fails.
+        send_error_after_bytes=after_bytes if send_at is not None else 0,
+        raise_on_receive_at=receive_at,
+        receive_error=receive_error,
     )
 
 
