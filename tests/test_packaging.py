@@ -12,7 +12,11 @@ dependencies the wheel's metadata names, for ``demo``, followed through their
 own, copied from the running environment instead of downloaded. A dependency
 missing from the metadata is missing there too, and the demo fails.
 
-Set ``TRIO_MEMBIO_SKIP_PACKAGING=1`` to skip it; nothing else skips it.
+Another builds the sdist from a copy of the tree with setuptools' own PEP 517
+backend (no network, no build isolation) and checks that it carries the
+licence and what the test suite needs; both archives must ship ``LICENSE``.
+
+Set ``TRIO_MEMBIO_SKIP_PACKAGING=1`` to skip them; nothing else skips them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from email.parser import HeaderParser
 from importlib import metadata
@@ -42,7 +47,8 @@ pytestmark = [
     ),
 ]
 
-# Everything the wheel must ship: the public modules and the typing marker.
+# Everything the wheel must ship: the public modules, every subpackage (found
+# by package discovery, not listed by hand) and the typing marker.
 REQUIRED_FILES = {
     "trio_membio/__init__.py",
     "trio_membio/__main__.py",
@@ -50,6 +56,25 @@ REQUIRED_FILES = {
     "trio_membio/httpcore.py",
     "trio_membio/testing/__init__.py",
     "trio_membio/testing/strategies.py",
+}
+# What the sdist must carry besides the package: the licence, and what the
+# test suite, the benchmarks and the documentation build need.
+SDIST_FILES = {
+    "LICENSE",
+    "PKG-INFO",
+    "pyproject.toml",
+    "README.md",
+    "noxfile.py",
+    ".ci/run",
+    "trio_membio/py.typed",
+    "tests/__init__.py",
+    "tests/conftest.py",
+    "tests/helpers.py",
+    "tests/transports.py",
+    "tests/peers.py",
+    "benchmarks/bench.py",
+    "docs/index.md",
+    "docs/_static/bench.json",
 }
 # Left out of the copy the wheel is built from: not sources, and some large.
 NOT_SOURCES = shutil.ignore_patterns(
@@ -84,6 +109,13 @@ def run(command: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str
     return result
 
 
+def copy_sources(tmp_path: Path) -> Path:
+    """A copy of the working tree without build products, caches and the like."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
+    return source
+
+
 def build_wheel(tmp_path: Path) -> Path:
     """The wheel named by TRIO_MEMBIO_WHEEL, or one pip builds from a copy of the tree.
 
@@ -93,8 +125,7 @@ def build_wheel(tmp_path: Path) -> Path:
     given = os.environ.get("TRIO_MEMBIO_WHEEL")
     if given:
         return Path(given)
-    source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
+    source = copy_sources(tmp_path)
     dist = tmp_path / "dist"
     run(
         [
@@ -132,6 +163,10 @@ def check_contents(wheel: Path) -> list[str]:
     assert not missing, f"missing from {wheel.name}: {sorted(missing)}"
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"trio_membio", metadata_name.split("/")[0]}, top_level
+    dist_info = metadata_name.split("/")[0]
+    assert f"{dist_info}/licenses/LICENSE" in names, sorted(names)
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
     assert metadata["Name"] == "trio-membio"
     assert metadata["Requires-Python"] == ">=3.10"
     extras = set(metadata.get_all("Provides-Extra") or [])
@@ -251,3 +286,31 @@ def test_the_wheel_installs_imports_and_runs_the_demo(tmp_path: Path) -> None:
         )
         assert result.returncode == 1
         assert f"pip install 'trio-membio[{extra}]'" in result.stderr
+
+
+def test_the_sdist_carries_the_licence_and_what_the_tests_need(tmp_path: Path) -> None:
+    source = copy_sources(tmp_path)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    # setuptools' PEP 517 backend, as a build frontend calls it, in the copy.
+    run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from setuptools import build_meta; "
+            "print(build_meta.build_sdist(sys.argv[1]))",
+            dist,
+        ],
+        cwd=source,
+    )
+    (sdist,) = dist.glob("trio_membio-*.tar.gz")
+    root = sdist.name.removesuffix(".tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.removeprefix(f"{root}/") for name in archive.getnames()}
+        licence = archive.extractfile(f"{root}/LICENSE")
+        assert licence is not None
+        text = licence.read().decode()
+    missing = SDIST_FILES - names
+    assert not missing, f"missing from {sdist.name}: {sorted(missing)}"
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the trio_membio developers\n")
+    assert text == (ROOT / "LICENSE").read_text()
