@@ -33,7 +33,10 @@ import trio
 import trio.testing
 
 from trio_membio._cli import Console, main, main_async
-from trio_membio._cli_serve import KEEP_ALIVE_TIMEOUT
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+from trio_membio._cli._http_server import KEEP_ALIVE_TIMEOUT
 
 from .helpers import HOSTNAME, ca, server_cert
 
@@ -288,7 +291,7 @@ async def test_http_mode_refusals(tmp_path: Path, request_bytes: bytes, status: 
 
 
 async def test_http_keep_alive_and_pattern_bytes(tmp_path: Path) -> None:
-    from trio_membio._cli_serve import HTTP_PATTERN
+    from trio_membio._cli._http_server import HTTP_PATTERN
 
     ca_path = str(tmp_path / "ca.pem")
     requests = b"GET /bytes/300 HTTP/1.1\r\n\r\nGET /bytes/0 HTTP/1.0\r\n\r\n"
@@ -759,7 +762,7 @@ def test_usage_errors(
 async def test_a_handler_bug_costs_one_connection_not_the_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trio_membio import _cli_serve
+    from trio_membio._cli import _http_server
 
     def broken_route(stream: object, target: str) -> tuple[str, bytes]:
         raise RuntimeError(f"bug while routing {target}")
@@ -768,7 +771,7 @@ async def test_a_handler_bug_costs_one_connection_not_the_server(
     with trio.fail_after(TIMEOUT):
         async with running_serve("--mode", "http", "--ca-out", ca_path) as (port, server):
             with monkeypatch.context() as patch:
-                patch.setattr(_cli_serve, "_route", broken_route)
+                patch.setattr(_http_server, "_route", broken_route)
                 await run_connect(
                     f"localhost:{port}", "--cafile", ca_path, stdin=b"GET / HTTP/1.1\r\n\r\n"
                 )
@@ -915,3 +918,179 @@ async def test_connect_subprocess(tmp_path: Path) -> None:
     assert result.stdout == b"hello, subprocess\n"
     assert "protocol   TLSv1.3" in err
     assert "closed: sent 18 bytes, received 18 bytes (close_notify received)" in err
+
+
+# ---------------------------------------- serve keeps serving, whatever happens
+
+
+def client_hello() -> bytes:
+    """The first flight of a TLS client, made with the stdlib's own SSLObject."""
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+async def test_serve_survives_probes_and_failed_handshakes(tmp_path: Path) -> None:
+    """Port probes, clients leaving mid-handshake or rejecting us: each costs its connection."""
+    ca_path = str(tmp_path / "ca.pem")
+    hello = client_hello()
+    with trio.fail_after(TIMEOUT):
+        async with running_serve("--ca-out", ca_path) as (port, server):
+            # A port probe: connect, close (the handshake sees a bare EOF).
+            with socket.create_connection(("127.0.0.1", port)):
+                pass
+            for partial_hello in (hello[:5], hello[: len(hello) // 2], hello):
+                tcp = await trio.open_tcp_stream("127.0.0.1", port)
+                await tcp.send_all(partial_hello)
+                await tcp.aclose()
+            # A client that does not trust our throwaway CA: it sends an alert.
+            status, rejecting = await run_connect(f"localhost:{port}")
+            assert status == 1
+            assert_one_error(rejecting, "certificate verify failed")
+            # One more than the five failures above: the server still serves.
+            status, client = await run_connect(
+                f"localhost:{port}", "--cafile", ca_path, stdin=b"still here"
+            )
+            assert status == 0, client.err.getvalue()
+            assert client.received == b"still here"
+            await server.out.wait_for("conn 6: closed")
+    warnings = [line for line in server.err.getvalue().splitlines() if "warning" in line]
+    assert len(warnings) == 5, warnings
+    assert all(line.startswith("trio_membio: warning: conn ") for line in warnings), warnings
+    assert "closed the connection without a TLS close_notify" not in server.err.getvalue()
+    assert any("TLS handshake with 127.0.0.1:" in line for line in warnings)
+    assert any("the client rejected our certificate" in line for line in warnings), warnings
+    assert "Traceback" not in server.err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("bug"),
+        KeyError("bug"),
+        OSError(5, "bug"),
+        ExceptionGroup("bugs", [ValueError("bug")]),
+    ],
+    ids=["RuntimeError", "KeyError", "OSError", "ExceptionGroup"],
+)
+@pytest.mark.parametrize(
+    ("module", "attribute"),
+    [
+        ("_serve", "_client_certificate"),  # the connection's first log line
+        ("_serve", "tls_hint"),  # the log handler, on a failed handshake
+        ("_http_server", "_route"),  # the request handler
+    ],
+)
+async def test_any_failure_costs_only_its_connection(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    module: str,
+    attribute: str,
+) -> None:
+    from importlib import import_module
+
+    def broken(*args: object, **kwargs: object) -> NoReturn:
+        raise failure
+
+    ca_path = str(tmp_path / "ca.pem")
+    request = b"GET / HTTP/1.1\r\n\r\n"
+    with trio.fail_after(TIMEOUT):
+        async with running_serve("--mode", "http", "--ca-out", ca_path) as (port, server):
+            with monkeypatch.context() as patch:
+                patch.setattr(import_module(f"trio_membio._cli.{module}"), attribute, broken)
+                await run_connect(f"localhost:{port}", stdin=request)  # rejects our cert
+                await run_connect(f"localhost:{port}", "--cafile", ca_path, stdin=request)
+            status, captured = await run_connect(
+                f"localhost:{port}", "--cafile", ca_path, stdin=request
+            )
+            if attribute != "tls_hint":
+                await server.out.wait_for("internal error, connection dropped")
+    assert status == 0, captured.err.getvalue()
+    assert captured.received.startswith(b"HTTP/1.1 200 OK\r\n")  # still serving
+    log = server.out.getvalue() + server.err.getvalue()
+    assert "Traceback" not in log
+    if attribute != "tls_hint":
+        assert "internal error, connection dropped" in log
+
+
+def test_http_mode_refuses_alpn_it_cannot_speak(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_membio._cli import parse_arguments
+
+    for alpn in ("h2", "http/1.1,h2", "h2,http/1.1", "spdy/3"):
+        with pytest.raises(SystemExit) as info:
+            parse_arguments(["serve", "--mode", "http", "--alpn", alpn])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{ERROR}--mode http speaks only HTTP/1.1"), err
+        assert "--alpn http/1.1" in err
+    assert parse_arguments(["serve", "--mode", "http", "--alpn", "http/1.1"]).alpn == ["http/1.1"]
+    assert parse_arguments(["serve", "--alpn", "h2"]).alpn == ["h2"]  # echo: any protocol
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import trio_membio
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"trio_membio {trio_membio.__version__} (trio {trio.__version__}, ")
+    assert ssl.OPENSSL_VERSION in out
+
+
+async def test_demo_trace() -> None:
+    captured = Captured()
+    with trio.fail_after(TIMEOUT):
+        status = await main_async(["demo", "--trace"], console=captured.console)
+    assert status == 0
+    assert "client  closed" in captured.out.getvalue()
+    lines = captured.err.getvalue().splitlines()
+    for side in ("client", "server"):
+        pattern = rf"\[ *\d+\.\d{{6}}\] {side}: SSLObject -> outgoing BIO: \d+ bytes \(handshake\)"
+        assert any(re.fullmatch(pattern, line) for line in lines), lines[:20]
+    assert all(re.match(r"\[ *\d+\.\d{6}\] (client|server): ", line) for line in lines)
+
+
+def test_demo_without_trace_prints_no_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    captured = capsys.readouterr()
+    assert "client  closed" in captured.out
+    assert captured.err == ""
+
+
+def test_certificate_chain_as_python_3_13_gives_it() -> None:
+    """From 3.13 the chain methods exist and give DER bytes; before, only the leaf is shown."""
+    from typing import Any, cast
+
+    from trio_membio._cli._connect import _chain
+
+    leaf_pem, *_ = server_cert().cert_chain_pems
+    der_chain = [
+        ssl.PEM_cert_to_DER_cert(leaf_pem.bytes().decode()),
+        ssl.PEM_cert_to_DER_cert(ca().cert_pem.bytes().decode()),
+    ]
+
+    class SSLObject313:
+        def get_verified_chain(self) -> list[bytes]:
+            return der_chain
+
+        def get_unverified_chain(self) -> list[bytes]:
+            return der_chain[:1]
+
+    class Stream:
+        ssl_object = SSLObject313()
+
+    stream = cast(Any, Stream())
+    chain, whole = _chain(stream, verified=True)
+    assert whole
+    assert [certificate.subject.startswith("O=trustme") for certificate in chain] == [True, True]
+    assert f"DNS:{HOSTNAME}" in chain[0].names
+    assert chain[1].names == ""
+    assert chain[0].issuer == chain[1].subject
+    unverified, whole = _chain(stream, verified=False)
+    assert whole
+    assert unverified == chain[:1]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_membio._cli_serve import HTTP_PATTERN
+from trio_membio._cli._http_server import HTTP_PATTERN
 
 from .test_cli import TIMEOUT, Captured, require_tool, running_serve
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from trio_membio._cli import main
-from trio_membio._demo import run_demo
+from trio_membio._cli._demo import run_demo
 
 
 async def test_demo_in_process() -> None:

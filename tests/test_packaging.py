@@ -54,6 +54,9 @@ REQUIRED_FILES = {
     "trio_membio/__main__.py",
     "trio_membio/py.typed",
     "trio_membio/httpcore.py",
+    "trio_membio/_cli/__init__.py",
+    "trio_membio/_cli/_common.py",
+    "trio_membio/_cli/_http_server.py",
     "trio_membio/testing/__init__.py",
     "trio_membio/testing/strategies.py",
 }
@@ -66,6 +69,7 @@ SDIST_FILES = {
     "README.md",
     "noxfile.py",
     ".ci/run",
+    "trio_membio/_cli/__init__.py",
     "trio_membio/py.typed",
     "tests/__init__.py",
     "tests/conftest.py",

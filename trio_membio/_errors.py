@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import trio
@@ -10,6 +11,7 @@ __all__ = [
     "HalfCloseNotSupportedError",
     "NeedHandshakeError",
     "UnreadDataError",
+    "clean_openssl_text",
     "describe_tls_error",
 ]
 
@@ -50,3 +52,19 @@ def describe_tls_error(exc: ssl.SSLError) -> str:
     if reason and reason not in text:
         return f"{reason}: {text}"
     return text
+
+
+# "[SSL: WRONG_VERSION_NUMBER] ", "[X509: NO_CERTIFICATE_OR_CRL_FOUND] ", "[SSL] "
+# and " (_ssl.c:1006)": where in OpenSSL and CPython an error was raised.
+_OPENSSL_DECORATION = re.compile(r"\[[A-Z0-9_]+(?:: [A-Z0-9_]+)?\] |\s*\(_ssl\.c:\d+\)")
+
+
+def clean_openssl_text(text: str) -> str:
+    """``text`` without OpenSSL's library/reason codes and CPython's source location.
+
+    ``"TLS handshake failed: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown
+    ca (_ssl.c:1006)"`` becomes ``"TLS handshake failed: tlsv1 alert unknown
+    ca"``. The decoration helps whoever reads OpenSSL's source, not the user
+    of a log or a command line; exception messages keep it.
+    """
+    return _OPENSSL_DECORATION.sub("", text)

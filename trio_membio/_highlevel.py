@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import trio
 
+from ._errors import clean_openssl_text
 from ._listener import MemoryBIOListener
 from ._stream import MemoryBIOStream
 
@@ -153,9 +154,10 @@ async def serve_tls_over_tcp(
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                # Not "failed: TLS handshake failed: ...". Handlers that want
-                # the ssl error behind it find the exception in tls_error.
-                detail = str(exc).removeprefix("TLS handshake failed: ")
+                # Not "failed: TLS handshake failed: ...", nor OpenSSL's codes.
+                # Handlers that want the ssl error behind it find the
+                # exception in tls_error.
+                detail = clean_openssl_text(str(exc).removeprefix("TLS handshake failed: "))
                 logger.warning(
                     "TLS handshake with %s failed: %s",
                     _peer(stream),

@@ -18,9 +18,14 @@ flushed, so scripts can wait for it instead of sleeping; then a line per
 connection and per HTTP request. SIGINT and SIGTERM stop the server cleanly
 (exit status 0, throwaway certificate removed).
 
-The HTTP mode is just enough HTTP/1.1 for curl: GET, keep-alive,
-Content-Length. ``X-TLS-*`` response headers show what was negotiated, and
-``X-Request-Number`` counts requests per connection, to make keep-alive visible.
+``--mode http`` is the small HTTP/1.1 server of ``_http_server.py``; it
+speaks nothing else, so an ``--alpn`` other than ``http/1.1`` is refused.
+
+A connection can fail in any way (a port probe, a client that closes
+mid-handshake or rejects our certificate, a bug in a handler, a log line
+that cannot be formatted): each failure costs that connection only, and is
+logged. Nothing a client does stops the server; only a signal or
+cancellation does.
 """
 
 from __future__ import annotations
@@ -37,45 +42,103 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING
 
 import trio
 
-from ._cli import (
+from .._errors import clean_openssl_text
+from .._highlevel import DEFAULT_HANDSHAKE_TIMEOUT, serve_tls_over_tcp
+from .._stream import MemoryBIOStream
+from .._trace import TraceEvent, trace_logger
+from ._common import (
     PROGRAM,
     CLIError,
     Console,
     Tracer,
+    add_tls_options,
+    check_tls_options,
     describe_os_error,
     describe_tls_failure,
     load_cafile,
     load_cert_chain,
     pin_version,
-    tidy,
+    port_number,
+    seconds,
+    show_address,
     tls_hint,
 )
-from ._engine import TLSTruncationError
-from ._highlevel import DEFAULT_HANDSHAKE_TIMEOUT, serve_tls_over_tcp
-from ._stream import MemoryBIOStream
-from ._trace import TraceEvent, trace_logger
+from ._http_server import serve_http
 
-__all__ = ["HTTP_PATTERN", "serve"]
+if TYPE_CHECKING:
+    from ._common import Commands
+
+__all__ = ["add_parser", "check", "run"]
 
 Stream = MemoryBIOStream[trio.SocketStream]
-
-#: The bytes of ``/bytes/N`` repeat this pattern: byte i is ``i % 256``.
-HTTP_PATTERN: Final = bytes(range(256))
-_CHUNK: Final = HTTP_PATTERN * 256  # 64 KiB, a whole number of patterns
-_MAX_BODY: Final = 1 << 30
-_MAX_HEAD: Final = 65536
-#: Seconds an idle keep-alive connection stays open.
-KEEP_ALIVE_TIMEOUT: Final = 30.0
+#: What ``--mode http`` can speak (see _http_server.py).
+_HTTP_ALPN = "http/1.1"
 
 
-async def serve(
+def add_parser(commands: Commands) -> argparse.ArgumentParser:
+    """Add the ``serve`` command and its options to ``commands``."""
+    parser = commands.add_parser(
+        "serve",
+        help="run a TLS echo server or a minimal HTTPS server",
+        description="A TLS echo server, or with --mode http a minimal HTTPS server "
+        "(HTTP/1.1: GET / and GET /bytes/N). Without --cert and --key it makes a throwaway "
+        "certificate for localhost and 127.0.0.1 and writes its CA to a file.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument(
+        "--port", type=port_number, default=0, help="port; 0 (the default) picks one"
+    )
+    parser.add_argument("--cert", metavar="FILE", help="the server's certificate chain (PEM)")
+    parser.add_argument("--key", metavar="FILE", help="the private key of --cert (PEM)")
+    parser.add_argument(
+        "--ca-out", metavar="PATH", help="where to write the throwaway CA (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="refuse clients without a certificate issued by --cafile",
+    )
+    parser.add_argument("--cafile", metavar="FILE", help="CAs trusted for client certificates")
+    parser.add_argument(
+        "--mode",
+        choices=["echo", "http"],
+        default="echo",
+        help="echo (the default), or http: HTTP/1.1 only",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="close connections that have not finished the handshake by then (default 60)",
+    )
+    add_tls_options(parser)
+    return parser
+
+
+def check(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-check serve's options; a usage error exits with status 2."""
+    check_tls_options(arguments, parser)
+    if arguments.require_client_cert and arguments.cafile is None:
+        parser.error("--require-client-cert needs --cafile FILE, the CA of the client certs")
+    if arguments.ca_out is not None and arguments.cert is not None:
+        parser.error("--ca-out is for the throwaway certificate; drop it or --cert/--key")
+    if arguments.mode == "http":
+        others = [name for name in arguments.alpn if name != _HTTP_ALPN]
+        if others:
+            parser.error(
+                f"--mode http speaks only HTTP/1.1, not {others[0][:40]!r}: "
+                f"drop --alpn, or give --alpn {_HTTP_ALPN}"
+            )
+
+
+async def run(
     arguments: argparse.Namespace,
     console: Console,
-    *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run the server until SIGINT/SIGTERM (or cancellation); return 0."""
@@ -106,7 +169,7 @@ async def serve(
             addresses = [
                 listener.transport_listener.socket.getsockname()[:2] for listener in listeners
             ]
-            shown = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+            shown = ", ".join(show_address(host, port) for host, port in addresses)
             with _stop_signals() as signals:
                 # Announced only now, so that a signal sent by whoever waited
                 # for this line is caught rather than fatal.
@@ -154,7 +217,7 @@ def _server_context(
         context.verify_mode = (
             ssl.CERT_REQUIRED if arguments.require_client_cert else ssl.CERT_OPTIONAL
         )
-    alpn = arguments.alpn or (["http/1.1"] if arguments.mode == "http" else [])
+    alpn = arguments.alpn or ([_HTTP_ALPN] if arguments.mode == "http" else [])
     if alpn:
         context.set_alpn_protocols(alpn)
     return context
@@ -227,6 +290,19 @@ class _ConsoleHandler(logging.Handler):
         self._tracer = Tracer(console.err, labels.current)
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._print(record)
+        except Exception:
+            # logging.Handler's contract: emit() never raises into the code
+            # that logged (here, the server's connection task). Print what we
+            # can without the formatting that failed.
+            try:
+                message = record.getMessage()
+            except Exception:
+                message = str(record.msg)
+            self._console.note(f"{PROGRAM}: {record.levelname.lower()}: {message}")
+
+    def _print(self, record: logging.LogRecord) -> None:
         arguments = record.args if isinstance(record.args, tuple) else ()
         if record.name == trace_logger.name:
             for event in arguments:
@@ -236,7 +312,7 @@ class _ConsoleHandler(logging.Handler):
             # serve_tls_over_tcp attaches the exception: it knows the cause.
             cause = getattr(record, "tls_error", None)
             hint = tls_hint(cause, server_side=True) if isinstance(cause, BaseException) else ""
-            message = tidy(record.getMessage())
+            message = clean_openssl_text(record.getMessage())
             level = record.levelname.lower()
             self._console.note(f"{PROGRAM}: {level}: {self._labels.current()}{message}{hint}")
 
@@ -268,7 +344,7 @@ def _peer(stream: Stream) -> str:
         host, port = stream.transport_stream.socket.getpeername()[:2]
     except OSError:
         return "a client that already left"
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return show_address(str(host), port)
 
 
 def _client_certificate(stream: Stream) -> str:
@@ -283,14 +359,27 @@ def _client_certificate(stream: Stream) -> str:
 async def _handle(
     stream: Stream, *, console: Console, labels: _ConnectionLabels, mode: str
 ) -> None:
-    """Log the connection, run the mode's handler, log how it ended."""
+    """Serve one connection; whatever goes wrong costs this connection only."""
     label = labels.current()
+    try:
+        await _converse(stream, console=console, label=label, mode=mode)
+    except Exception as exc:
+        # A bug (ours, or in what we call) must not reach serve_listeners,
+        # which would end the server for every client.
+        console.say(f"{label}internal error, connection dropped: {exc!r}")
+        await trio.aclose_forcefully(stream)
+
+
+async def _converse(stream: Stream, *, console: Console, label: str, mode: str) -> None:
+    """Log the connection, run the mode's handler, log how it ended."""
     cipher = stream.cipher()
     console.say(
         f"{label}from {_peer(stream)}, {stream.version()}, {cipher[0] if cipher else None}, "
         f"ALPN {stream.selected_alpn_protocol() or '(none)'}{_client_certificate(stream)}"
     )
-    handler: Callable[[Stream, Console, str], Awaitable[None]] = _echo if mode == "echo" else _http
+    handler: Callable[[Stream, Console, str], Awaitable[None]] = (
+        _echo if mode == "echo" else serve_http
+    )
     problem = ""
     try:
         await handler(stream, console, label)
@@ -316,126 +405,3 @@ async def _echo(stream: Stream, console: Console, label: str) -> None:
     # stream, which sends our close_notify and so ends the client's output.
     while data := await stream.receive_some():
         await stream.send_all(data)
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-async def _read_head(stream: Stream, buffer: bytearray) -> bytes | None:
-    """The next request head (up to the blank line), or None at a clean end."""
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        if len(buffer) > _MAX_HEAD:
-            raise _BadRequest("431 Request Header Fields Too Large", "request head too large")
-        try:
-            data = await stream.receive_some()
-        except trio.BrokenResourceError as exc:
-            # Not https_compatible, so that our own close sends close_notify;
-            # but an HTTP client may skip it, and between requests nothing is lost.
-            if buffer or not isinstance(exc.__cause__, TLSTruncationError):
-                raise
-            return None
-        if not data:
-            if buffer:
-                raise _BadRequest("400 Bad Request", "the client ended mid-request")
-            return None
-        buffer += data
-    head = bytes(buffer[:end])
-    del buffer[: end + 4]
-    return head
-
-
-def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _BadRequest("400 Bad Request", f"not an HTTP/1.x request line: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise _BadRequest("400 Bad Request", f"malformed header line {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    return parts[0], parts[1], parts[2], headers
-
-
-async def _http(stream: Stream, console: Console, label: str) -> None:
-    buffer = bytearray()
-    number = 0
-    keep_alive = True
-    while keep_alive:
-        head, request = None, "a request"
-        try:
-            with trio.move_on_after(KEEP_ALIVE_TIMEOUT):
-                head = await _read_head(stream, buffer)
-            if head is None:
-                return  # the client closed, or stayed idle too long
-            number += 1
-            method, target, version, headers = _parse_head(head)
-            request = f"{method} {target}"
-            tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
-            keep_alive = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
-            if method != "GET":
-                raise _BadRequest("405 Method Not Allowed", f"{method} is not supported")
-            if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
-                # Skipping a body is more HTTP than this server needs to speak.
-                raise _BadRequest("400 Bad Request", "GET requests carry no body here")
-            status, body = _route(stream, target)
-        except _BadRequest as exc:
-            status, body, keep_alive = exc.status, f"{exc}\n".encode(), False
-        size = body if isinstance(body, int) else len(body)
-        console.say(f"{label}{request} -> {status} ({size} bytes)")
-        await _respond(stream, status, body, number, keep_alive=keep_alive)
-
-
-#: A response body: the bytes, or a number of bytes of HTTP_PATTERN.
-Body = bytes | int
-
-
-def _route(stream: Stream, target: str) -> tuple[str, Body]:
-    """The status and body for ``target``."""
-    if target == "/":
-        return "200 OK", (
-            f"hello from {PROGRAM} over {stream.version()}, "
-            f"ALPN {stream.selected_alpn_protocol()}\n"
-        ).encode()
-    prefix, _, count = target.partition("/bytes/")
-    # isdigit() alone takes "²" and other digits int() refuses, and a huge
-    # count would exceed int()'s digit limit: both would end the connection.
-    if prefix == "" and count.isascii() and count.isdigit():
-        if len(count) > len(str(_MAX_BODY)) or int(count) > _MAX_BODY:
-            raise _BadRequest("400 Bad Request", f"at most {_MAX_BODY} bytes per request")
-        return "200 OK", int(count)
-    return "404 Not Found", f"no such path: {target} (try / or /bytes/N)\n".encode()
-
-
-async def _respond(
-    stream: Stream, status: str, body: Body, number: int, *, keep_alive: bool
-) -> None:
-    cipher = stream.cipher()
-    size = body if isinstance(body, int) else len(body)
-    kind = "application/octet-stream" if isinstance(body, int) else "text/plain"
-    head = [
-        f"HTTP/1.1 {status}",
-        f"Server: {PROGRAM}",
-        f"Content-Type: {kind}",
-        f"Content-Length: {size}",
-        f"Connection: {'keep-alive' if keep_alive else 'close'}",
-        f"X-TLS-Version: {stream.version()}",
-        f"X-TLS-Cipher: {cipher[0] if cipher else None}",
-        f"X-TLS-ALPN: {stream.selected_alpn_protocol()}",
-        f"X-Request-Number: {number}",
-    ]
-    if status.startswith("405"):
-        head.append("Allow: GET")
-    await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-    if isinstance(body, bytes):
-        await stream.send_all(body)
-        return
-    # Streamed a chunk at a time: memory stays flat for any size.
-    while body:
-        chunk = _CHUNK[: min(body, len(_CHUNK))]
-        await stream.send_all(chunk)
-        body -= len(chunk)

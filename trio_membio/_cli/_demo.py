@@ -1,19 +1,28 @@
-"""The demo: a TLS server and client over loopback TCP in one nursery.
+"""``python -m trio_membio demo``: a TLS server and client over loopback TCP in one nursery.
 
 It shows the whole life of a connection (handshake, data both ways at once, a
-TLS 1.3 half-close, close) and prints what a person wants to see about it.
+TLS 1.3 half-close, close) and prints what a person wants to see about it on
+standard output. With ``--trace``, both streams also print every transfer
+between transport, BIOs, SSLObject and application on stderr, each line
+labelled ``client`` or ``server``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ssl
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
-from ._stream import MemoryBIOStream, PeerCertificate
+from .._stream import MemoryBIOStream, PeerCertificate
+from .._trace import TraceCallback
+from ._common import Console, Tracer, add_trace_option
 
-__all__ = ["run_demo"]
+if TYPE_CHECKING:
+    from ._common import Commands
+
+__all__ = ["add_parser", "check", "run", "run_demo"]
 
 _PAYLOAD_SIZE = 1024 * 1024
 _ALPN = "demo/1"
@@ -53,9 +62,47 @@ def _describe(certificate: PeerCertificate | None) -> tuple[str, str, str]:
     return ", ".join(subject), ", ".join(names), str(certificate.get("notAfter", ""))
 
 
-async def _echo_server(listener: trio.SocketListener, context: ssl.SSLContext, out: TextIO) -> None:
+def add_parser(commands: Commands) -> argparse.ArgumentParser:
+    """Add the ``demo`` command and its options to ``commands``."""
+    parser = commands.add_parser(
+        "demo",
+        help="run a TLS server and client over loopback TCP and show the connection",
+        description="Run a TLS server and client over loopback TCP in one process: "
+        "handshake, 1 MiB echoed while it is sent, a TLS 1.3 half-close, close.",
+    )
+    add_trace_option(parser)
+    return parser
+
+
+def check(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The demo's options need no cross-checks."""
+
+
+async def run(
+    arguments: argparse.Namespace,
+    console: Console,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the demo on the console; return 0."""
+    await run_demo(console.out, trace_to=console.err if arguments.trace else None)
+    return 0
+
+
+def _tracer(err: TextIO | None, side: str) -> TraceCallback | None:
+    if err is None:
+        return None
+    label = f"{side}: "
+    return Tracer(err, lambda: label)
+
+
+async def _echo_server(
+    listener: trio.SocketListener,
+    context: ssl.SSLContext,
+    out: TextIO,
+    trace: TraceCallback | None,
+) -> None:
     transport = await listener.accept()
-    stream = MemoryBIOStream(transport, context, server_side=True)
+    stream = MemoryBIOStream(transport, context, server_side=True, trace=trace)
     received = 0
     async with stream:
         while data := await stream.receive_some():
@@ -66,16 +113,21 @@ async def _echo_server(listener: trio.SocketListener, context: ssl.SSLContext, o
     print(f"server  closed after echoing {received:,} bytes", file=out)
 
 
-async def run_demo(out: TextIO) -> None:
-    """Run the demo, printing to ``out``."""
+async def run_demo(out: TextIO, *, trace_to: TextIO | None = None) -> None:
+    """Run the demo, printing to ``out``, and the trace of both streams to ``trace_to``."""
     server_context, client_context = _throwaway_contexts()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     listener = listeners[0]
     host, port = listener.socket.getsockname()[:2]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_echo_server, listener, server_context, out)
+        nursery.start_soon(_echo_server, listener, server_context, out, _tracer(trace_to, "server"))
         transport = await trio.open_tcp_stream(host, port)
-        client = MemoryBIOStream(transport, client_context, server_hostname="localhost")
+        client = MemoryBIOStream(
+            transport,
+            client_context,
+            server_hostname="localhost",
+            trace=_tracer(trace_to, "client"),
+        )
         await client.do_handshake()
         cipher = client.cipher()
         subject, names, expiry = _describe(client.getpeercert())

@@ -1,24 +1,24 @@
-"""The command line: ``python -m trio_membio demo|serve|connect``.
+"""What every command of the command line shares: console, errors, TLS options, tracing.
 
 Theory of operation
 ===================
 
-:func:`main` parses the arguments and runs one command in ``trio.run``;
-:func:`main_async` runs it in the current trio run, so tests can run ``serve``
-and ``connect`` against each other in one process with fake standard streams
-(a :class:`Console`). The commands live in ``_cli_serve.py`` and
-``_cli_connect.py``; this module holds the parser and what they share.
+This is the leaf of ``trio_membio._cli``: the command modules (``_demo``,
+``_serve``, ``_connect``, ``_http_server``) import it, and it imports none of
+them, so the package's imports only point down (a test walks them).
 
 Errors are shown so that the user can act on them:
 
-- Usage errors print one line and raise ``SystemExit(2)``, as argparse does.
+- Usage errors print one line and raise ``SystemExit(2)``, as argparse does
+  (:class:`UsageParser`).
 - Failures the user can cause at run time (refused, untrusted, missing file)
   are raised as :class:`CLIError` anywhere in a command and printed as one
   line, ``trio_membio: error: ...``; the exit status is 1.
 - Anything else is a bug and keeps its traceback.
 
-Ctrl-C: ``serve`` turns SIGINT and SIGTERM into a clean stop (status 0); an
-interrupt elsewhere ends with a one-line note and status 130 (0 for serve).
+OpenSSL's messages reach the user without their "[SSL: CODE]" and
+"(_ssl.c:1234)" decoration, through :func:`trio_membio._errors.clean_openssl_text`,
+the one function that library and command line share for it.
 """
 
 from __future__ import annotations
@@ -27,20 +27,38 @@ import argparse
 import contextlib
 import io
 import os
-import re
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO, TypeAlias
 
 import trio
 
-from ._engine import TLSTruncationError
-from ._trace import TraceEvent
+from .._engine import TLSTruncationError
+from .._errors import clean_openssl_text
+from .._trace import TraceEvent
 
-__all__ = ["CLIError", "Console", "main", "main_async", "run"]
+__all__ = [
+    "PROGRAM",
+    "CLIError",
+    "Console",
+    "Tracer",
+    "UsageParser",
+    "add_tls_options",
+    "check_tls_options",
+    "describe_os_error",
+    "describe_tls_failure",
+    "leaves",
+    "load_cafile",
+    "load_cert_chain",
+    "pin_version",
+    "port_number",
+    "seconds",
+    "show_address",
+    "tls_hint",
+]
 
 PROGRAM = "trio_membio"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -70,7 +88,7 @@ class Console:
     """Where a command reads and writes; tests pass their own.
 
     Attributes:
-        out: Text for standard output (serve's log).
+        out: Text for standard output (serve's log, the demo's report).
         err: Notes, summaries, traces and errors.
         stdin: What ``connect`` sends (None: file descriptor 0).
         stdout: Where ``connect`` writes what it receives (None: descriptor 1).
@@ -106,20 +124,31 @@ class Console:
         self.note(f"{PROGRAM}: error: {text}")
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line, not usage + error."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROGRAM}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+if TYPE_CHECKING:
+    #: Where each command module adds its parser (``add_subparsers()``'s
+    #: result; generic only in typeshed, not at run time).
+    Commands: TypeAlias = argparse._SubParsersAction[UsageParser]
+
+
+# ----------------------------------------------------------------- arguments
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
     return int(text)
 
 
 def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
     try:
         value = float(text)
     except ValueError:
@@ -129,7 +158,8 @@ def seconds(text: str) -> float:
     return value
 
 
-def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    """Options serve and connect share: --alpn, --tls1.2/--tls1.3, --trace."""
     # One protocol per --alpn (or several, comma-separated) rather than
     # nargs="+", which would swallow connect's HOST:PORT after it.
     parser.add_argument(
@@ -147,88 +177,32 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
     versions.add_argument(
         "--tls1.3", dest="tls_version", action="store_const", const="1.3", help="only TLS 1.3"
     )
+    add_trace_option(parser)
+
+
+def add_trace_option(parser: argparse.ArgumentParser) -> None:
+    """``--trace``: every command can show the data flow."""
     parser.add_argument(
         "--trace", action="store_true", help="print every transfer between the BIOs on stderr"
     )
 
 
-def _parser() -> tuple[_Parser, dict[str, _Parser]]:
-    """The parser, and each command's parser (for errors that name the command)."""
-    parser = _Parser(
-        prog="python -m trio_membio",
-        description="TLS over trio streams through memory BIOs.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "demo",
-        help="run a TLS server and client over loopback TCP and show the connection",
-    )
-
-    serve = commands.add_parser(
-        "serve",
-        help="run a TLS echo server or a minimal HTTPS server",
-        description="A TLS echo server, or with --mode http a minimal HTTPS server "
-        "(GET / and GET /bytes/N). Without --cert and --key it makes a throwaway "
-        "certificate for localhost and 127.0.0.1 and writes its CA to a file.",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=0, help="port; 0 (the default) picks one")
-    serve.add_argument("--cert", metavar="FILE", help="the server's certificate chain (PEM)")
-    serve.add_argument("--key", metavar="FILE", help="the private key of --cert (PEM)")
-    serve.add_argument(
-        "--ca-out", metavar="PATH", help="where to write the throwaway CA (default: a temp dir)"
-    )
-    serve.add_argument(
-        "--require-client-cert",
-        action="store_true",
-        help="refuse clients without a certificate issued by --cafile",
-    )
-    serve.add_argument("--cafile", metavar="FILE", help="CAs trusted for client certificates")
-    serve.add_argument("--mode", choices=["echo", "http"], default="echo", help="echo (default)")
-    serve.add_argument(
-        "--handshake-timeout",
-        type=seconds,
-        default=None,
-        metavar="SECONDS",
-        help="close connections that have not finished the handshake by then (default 60)",
-    )
-    _add_tls_options(serve)
-
-    from ._cli_connect import add_arguments
-
-    connect = commands.add_parser(
-        "connect",
-        help="connect to a TLS server, like openssl s_client",
-        description="Connect, print the handshake summary on stderr, then copy stdin to "
-        "the connection and the connection to stdout.",
-    )
-    add_arguments(connect)
-    _add_tls_options(connect)
-    return parser, {"serve": serve, "connect": connect}
-
-
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse and cross-check the arguments; usage errors raise SystemExit(2)."""
-    parser, commands = _parser()
-    arguments = parser.parse_args(argv)
-    if arguments.command not in commands:
-        return arguments
-    command = commands[arguments.command]
+def check_tls_options(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-check the shared options and split ``--alpn`` lists; usage errors exit."""
     if (arguments.cert is None) != (arguments.key is None):
-        command.error("--cert and --key go together: give the certificate and its private key")
-    if arguments.command == "serve":
-        if arguments.require_client_cert and arguments.cafile is None:
-            command.error("--require-client-cert needs --cafile FILE, the CA of the client certs")
-        if arguments.ca_out is not None and arguments.cert is not None:
-            command.error("--ca-out is for the throwaway certificate; drop it or --cert/--key")
+        parser.error("--cert and --key go together: give the certificate and its private key")
     arguments.alpn = [name for item in arguments.alpn for name in item.split(",") if name]
     for name in arguments.alpn:
         if not name.isascii() or len(name) > 255:
-            command.error(f"--alpn {name[:40]!r}: a protocol name is 1 to 255 ASCII characters")
-    return arguments
+            parser.error(f"--alpn {name[:40]!r}: a protocol name is 1 to 255 ASCII characters")
 
 
-# ------------------------------------------------------------ shared TLS setup
+def show_address(host: str, port: int) -> str:
+    """``host:port``, or ``[host]:port`` for an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ------------------------------------------------------------------ TLS setup
 
 
 def pin_version(context: ssl.SSLContext, version: str | None) -> None:
@@ -268,9 +242,12 @@ def load_cafile(context: ssl.SSLContext, cafile: str) -> None:
 
 
 def _reason(exc: ssl.SSLError) -> str:
-    """OpenSSL's reason, without the "[SSL] ... (_ssl.c:1234)" decoration."""
-    text = exc.reason or (exc.args[-1] if exc.args else "") or str(exc)
-    return re.sub(r"^\[\w+\] |\s*\(_ssl\.c:\d+\)$", "", str(text))
+    """OpenSSL's reason for a failure to load a file, undecorated."""
+    text = getattr(exc, "reason", None) or (exc.args[-1] if exc.args else "") or str(exc)
+    return clean_openssl_text(str(text))
+
+
+# --------------------------------------------------------------- describing
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -311,13 +288,7 @@ def describe_tls_failure(exc: BaseException, *, server_side: bool) -> str:
             f"the {peer} closed the connection without a TLS close_notify, "
             "so the data may be cut short"
         )
-    return tidy(str(exc)) + tls_hint(exc, server_side=server_side)
-
-
-def tidy(text: str) -> str:
-    """Drop OpenSSL's "[SSL: CODE]" and "(_ssl.c:1234)" from a message."""
-    # The stream quotes OpenSSL's text, decoration included; users need neither.
-    return re.sub(r"\[SSL: \w+\] |\s*\(_ssl\.c:\d+\)", "", text)
+    return clean_openssl_text(str(exc)) + tls_hint(exc, server_side=server_side)
 
 
 def tls_hint(exc: BaseException, *, server_side: bool) -> str:
@@ -325,7 +296,9 @@ def tls_hint(exc: BaseException, *, server_side: bool) -> str:
     cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else None
     if cause is None:
         return ""
-    text = f"{cause.reason} {cause}".lower()
+    # Not every ssl.SSLError has a reason: TLSTruncationError, made by the
+    # engine rather than by OpenSSL, has none (and once crashed serve's log).
+    text = f"{getattr(cause, 'reason', None) or ''} {cause}".lower()
     if isinstance(cause, ssl.SSLCertVerificationError):
         message = (cause.verify_message or "").lower()
         if "expired" in message or "not yet valid" in message:
@@ -371,82 +344,3 @@ class Tracer:
     def __call__(self, event: TraceEvent) -> None:
         elapsed = time.monotonic() - self._start
         print(f"[{elapsed:10.6f}] {self._label()}{event}", file=self._err, flush=True)
-
-
-# ------------------------------------------------------------------- running
-
-
-async def main_async(
-    argv: Sequence[str] | None = None,
-    *,
-    console: Console | None = None,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> int:
-    """Run a command inside the current trio run; return the exit status.
-
-    Args:
-        argv: The arguments after the program name.
-        console: The streams to use; default: this process's own.
-        task_status: ``serve`` reports the (host, port) pairs it listens on,
-            for ``nursery.start``.
-
-    Raises:
-        SystemExit: a usage error (status 2) or ``--help`` (status 0).
-    """
-    arguments = parse_arguments(argv)
-    return await _run_command(arguments, console or Console.default(), task_status)
-
-
-async def _run_command(
-    arguments: argparse.Namespace,
-    console: Console,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> int:
-    try:
-        if arguments.command == "serve":
-            from ._cli_serve import serve
-
-            return await serve(arguments, console, task_status=task_status)
-        if arguments.command == "connect":
-            from ._cli_connect import connect
-
-            return await connect(arguments, console)
-        if arguments.command == "demo":
-            from ._demo import run_demo
-
-            await run_demo(console.out)
-            return 0
-    except BaseException as exc:
-        found = list(leaves(exc))
-        errors = [leaf for leaf in found if isinstance(leaf, CLIError)]
-        # A CLIError next to anything but a cancellation is a bug worth a traceback.
-        if not errors or not all(isinstance(leaf, (CLIError, trio.Cancelled)) for leaf in found):
-            raise
-        console.error(str(errors[0]))
-        return 1
-    raise AssertionError(f"unhandled command {arguments.command!r}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv``; return the exit status.
-
-    Raises:
-        SystemExit: a usage error (status 2) or ``--help`` (status 0).
-    """
-    arguments = parse_arguments(argv)
-    console = Console.default()
-    try:
-        return trio.run(_run_command, arguments, console)
-    except BaseException as exc:
-        if not any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves(exc)):
-            raise
-    if arguments.command == "serve":
-        console.note(f"{PROGRAM}: interrupted, server stopped")
-        return 0
-    console.note(f"{PROGRAM}: interrupted")
-    return 130
-
-
-def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())

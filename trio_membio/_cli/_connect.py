@@ -36,25 +36,31 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from ._cli import (
+from .._stream import MemoryBIOStream
+from ._common import (
     PROGRAM,
     CLIError,
     Console,
     Tracer,
+    add_tls_options,
+    check_tls_options,
     describe_os_error,
     describe_tls_failure,
     load_cafile,
     load_cert_chain,
     pin_version,
     seconds,
+    show_address,
 )
-from ._stream import MemoryBIOStream
 
-__all__ = ["connect"]
+if TYPE_CHECKING:
+    from ._common import Commands
+
+__all__ = ["add_parser", "check", "run"]
 
 Stream = MemoryBIOStream[trio.SocketStream]
 _READ_SIZE: Final = 65536
@@ -81,8 +87,14 @@ def host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add connect's own options (the TLS options are shared with serve)."""
+def add_parser(commands: Commands) -> argparse.ArgumentParser:
+    """Add the ``connect`` command and its options to ``commands``."""
+    parser = commands.add_parser(
+        "connect",
+        help="connect to a TLS server, like openssl s_client",
+        description="Connect, print the handshake summary on stderr, then copy stdin to "
+        "the connection and the connection to stdout.",
+    )
     parser.add_argument(
         "address", type=host_port, metavar="HOST:PORT", help="the server ([v6 address]:port)"
     )
@@ -101,12 +113,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="limit for the TCP connection and the handshake (10)",
     )
+    add_tls_options(parser)
+    return parser
 
 
-async def connect(arguments: argparse.Namespace, console: Console) -> int:
+def check(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-check connect's options; a usage error exits with status 2."""
+    check_tls_options(arguments, parser)
+
+
+async def run(
+    arguments: argparse.Namespace,
+    console: Console,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> int:
     """Connect, print the summary, copy the data both ways; return 0."""
     host, port = arguments.address
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = show_address(host, port)
     context = _client_context(arguments)
     tcp = await _open_tcp(host, port, shown, arguments.timeout)
     stream = MemoryBIOStream(
@@ -287,12 +310,14 @@ def _summary(stream: Stream, shown: str, arguments: argparse.Namespace) -> Itera
 
 def _chain(stream: Stream, *, verified: bool) -> tuple[list[_Certificate], bool]:
     """The peer's certificates, and whether that is the whole chain."""
-    # get_verified_chain()/get_unverified_chain() are new in Python 3.13.
+    # SSLObject.get_verified_chain()/get_unverified_chain() are new in Python
+    # 3.13 and give DER bytes (the _ssl.Certificate objects behind them stay
+    # private: python/cpython#109109).
     method = getattr(
         stream.ssl_object, "get_verified_chain" if verified else "get_unverified_chain", None
     )
     if method is not None:
-        return [_from_info(certificate.get_info()) for certificate in method()], True
+        return [_from_der(bytes(der)) for der in method()], True
     info = stream.getpeercert()
     if info:
         return [_from_info(info)], False
@@ -319,12 +344,17 @@ def _from_info(info: Mapping[str, Any]) -> _Certificate:
 
 
 def _from_der(der: bytes) -> _Certificate:
-    """Decode an unverified certificate, if the cryptography package is here."""
+    """Decode a certificate from DER, if the cryptography package is here."""
     fingerprint = hashlib.sha256(der).hexdigest()
     try:
         from cryptography import x509
     except ImportError:  # pragma: no cover - trustme brings it along
-        return _Certificate(f"(unverified; sha256 {fingerprint})", "", "unknown", "unknown")
+        return _Certificate(
+            f"(sha256 {fingerprint}; pip install cryptography to decode it)",
+            "",
+            "unknown",
+            "unknown",
+        )
     certificate = x509.load_der_x509_certificate(der)
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
