@@ -71,6 +71,7 @@ from trio_membio.testing import (
 
 from .helpers import HOSTNAME
 from .test_renegotiation import pyopenssl_context, trio_context
+from .transports import DroppingReceiveStream
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -121,7 +122,9 @@ USES: dict[tuple[Phase, Operation], frozenset[Direction]] = {
     ("renegotiating", "send_all"): frozenset({"send", "receive"}),
     ("renegotiating", "receive_some"): frozenset({"send", "receive"}),
     ("renegotiating", "wait_send_all_might_not_block"): frozenset({"wait"}),
-    ("renegotiating", "unwrap"): frozenset({"send", "receive"}),
+    # No ("renegotiating", "unwrap"): OpenSSL refuses SSL_shutdown while a
+    # handshake is in progress (SHUTDOWN_WHILE_IN_INIT), so unwrap() fails
+    # there before it reaches the transport, faults or not.
     ("renegotiating", "aclose"): frozenset({"send"}),
     ("after_close_notify", "send_all"): frozenset({"send"}),
     ("after_close_notify", "wait_send_all_might_not_block"): frozenset({"wait"}),
@@ -243,8 +246,12 @@ class RenegotiatingPeer:
         self.done = trio.Event()
         self._sent_after_renegotiation = False
         self._to_send, self._sending = trio.open_memory_channel[bytes](math.inf)
+        # With renegotiate_after = n: once n bytes arrived, send a HelloRequest
+        # and stop reading until ``resume`` is set (the answer is withheld).
+        self.renegotiate_after: int | None = None
+        self.resume = trio.Event()
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         """Queue whatever OpenSSL has written, for the sending task."""
         with contextlib.suppress(SSL.WantReadError):
             while data := self.conn.bio_read(1 << 20):
@@ -256,7 +263,7 @@ class RenegotiatingPeer:
         with contextlib.suppress(SSL.WantReadError):
             self.conn.do_handshake()
         self.conn.send(RENEGOTIATION_DATA)
-        self._pump()
+        self.pump()
 
     async def run_receiver(self) -> None:
         try:
@@ -277,11 +284,21 @@ class RenegotiatingPeer:
                 except SSL.ZeroReturnError:  # our close_notify: answer it
                     with contextlib.suppress(SSL.Error):
                         self.conn.shutdown()
-                    self._pump()
+                    self.pump()
                     return
                 except SSL.Error as exc:
                     self.error = exc
                     return
+                if (
+                    self.renegotiate_after is not None
+                    and len(self.received) >= self.renegotiate_after
+                ):
+                    self.renegotiate_after = None
+                    assert self.conn.renegotiate()
+                    with contextlib.suppress(SSL.WantReadError):
+                        self.conn.do_handshake()
+                    self.pump()
+                    await self.resume.wait()
                 if (
                     not self._sent_after_renegotiation
                     and self.conn.total_renegotiations() >= 1
@@ -289,7 +306,7 @@ class RenegotiatingPeer:
                 ):
                     self._sent_after_renegotiation = True
                     self.conn.send(AFTER_RENEGOTIATION)
-                self._pump()
+                self.pump()
                 if not data:
                     return
         finally:
@@ -756,3 +773,198 @@ async def test_caller_cancelled_at_each_checkpoint(
                     result = scope_after(phase, operation, failure[0], cancelled=True)
                 await check_scope(cell, result)
                 await close_and_check_peer(cell)
+
+
+# ------------------------------------------------------ issue 12's symptoms
+
+
+async def test_a_send_that_raised_keyerror_leaves_no_silent_gap(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 1: after a KeyError from the transport, the next send_all() returned normally
+    and the peer failed with "bad record mac"."""
+    with trio.fail_after(DEADLINE):
+        async with open_cell("established", "send_all", "memory", tmp_path) as cell:
+            cell.transport.install(FaultPlan(raise_on_send_at=0, send_error=KeyError))
+            # What the first call raises is the fault grid's business; this
+            # test is about the second.
+            with pytest.raises((trio.BrokenResourceError, KeyError)):
+                await cell.client.send_all(b"one")
+            cell.failed_send = b"one"
+            with pytest.raises(trio.BrokenResourceError):
+                await cell.client.send_all(b"two")
+            await close_and_check_peer(cell)
+
+
+@pytest.mark.parametrize("operation", ["do_handshake", "send_all", "unwrap"])
+async def test_a_handshake_whose_send_failed_does_not_hang(
+    operation: Operation, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 2: the ClientHello's send failed, and every later call waited for ever."""
+    with trio.fail_after(DEADLINE):
+        async with open_cell("handshake", operation, "memory", tmp_path) as cell:
+            cell.transport.install(FaultPlan(raise_on_send_at=0, send_error=OSError))
+            with pytest.raises((trio.BrokenResourceError, OSError)):
+                await cell.client.do_handshake()
+            with trio.fail_after(5):
+                with pytest.raises(trio.BrokenResourceError):
+                    await cell.run_operation()
+            cell.failed_send = b""
+            await close_and_check_peer(cell)
+
+
+async def test_a_failed_renegotiation_reply_does_not_hang_later_sends(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 2: the ClientHello answering a HelloRequest failed to send; send_all() hung."""
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            client_transport, server_transport = trio.testing.memory_stream_pair()
+            faulty = FaultyStream(client_transport)
+            client: Stream = MemoryBIOStream(
+                faulty, trio_context("client"), server_hostname=HOSTNAME
+            )
+            peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
+            nursery.start_soon(peer.run_receiver)
+            nursery.start_soon(peer.run_sender)
+            await client.do_handshake()
+            faulty.install(FaultPlan(raise_on_send_at=0, send_error=KeyError))
+            peer.start_renegotiation()
+            # The read of the HelloRequest queues a ClientHello, whose send fails.
+            with contextlib.suppress(trio.BrokenResourceError, KeyError):
+                assert await client.receive_some() == RENEGOTIATION_DATA
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+                await client.send_all(b"after the failed reply")
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+                await client.send_all(b"and again")
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_retried_unwrap_after_a_failed_send_does_not_hang(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 2: unwrap()'s close_notify failed to send; a second unwrap() hung."""
+    with trio.fail_after(DEADLINE):
+        async with open_cell("established", "unwrap", "memory", tmp_path) as cell:
+            cell.transport.install(FaultPlan(raise_on_send_at=0, send_error=OSError))
+            with pytest.raises((trio.BrokenResourceError, OSError)):
+                await cell.client.unwrap()
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+                await cell.client.unwrap()
+            await close_and_check_peer(cell)
+
+
+async def test_a_failed_receive_is_remembered(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 3: after the transport's receive_some() raised, the next call read it again."""
+    with trio.fail_after(DEADLINE):
+        async with open_cell("established", "receive_some", "memory", tmp_path) as cell:
+            cell.transport.install(FaultPlan(raise_on_receive_at=0, receive_error=OSError))
+            with pytest.raises((trio.BrokenResourceError, OSError)):
+                await cell.client.receive_some()
+            start = len(cell.transport.operations)
+            with pytest.raises(trio.BrokenResourceError):
+                await cell.client.receive_some()
+            assert not cell.operations_since(start), "the transport was read again"
+            await close_and_check_peer(cell)
+
+
+async def test_send_all_cancelled_while_a_later_chunk_waits_for_renegotiation_sends_nothing_twice(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 4: the stream said nothing was sent, and a retry sent the first 64 KiB twice.
+
+    The peer asks to renegotiate once our first chunk arrived and withholds
+    its answer, so the second chunk waits; then the caller gives up.
+    """
+    payload = random.Random(4).randbytes(2_000_000)  # past send_all()'s yields
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            client_transport, server_transport = trio.testing.memory_stream_pair()
+            client: Stream = MemoryBIOStream(
+                FaultyStream(client_transport), trio_context("client"), server_hostname=HOSTNAME
+            )
+            peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
+            nursery.start_soon(peer.run_receiver)
+            nursery.start_soon(peer.run_sender)
+            await client.do_handshake()
+            peer.renegotiate_after = 1
+
+            async def read_hello_request() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await client.receive_some()
+
+            nursery.start_soon(read_hello_request)
+            with trio.move_on_after(BLOCKED_FOR) as scope:
+                await client.send_all(payload)
+            assert scope.cancelled_caught, "the renegotiation was not waited for"
+            assert peer.received, "no chunk went out before the renegotiation"
+            # Part of the payload is out: another send must not look like it
+            # continues a stream that lost the rest.
+            with pytest.raises(trio.BrokenResourceError):
+                await client.send_all(b"retry")
+            peer.resume.set()
+            await client.aclose()
+            with trio.fail_after(10):
+                await peer.done.wait()
+            assert payload.startswith(bytes(peer.received)), "duplicated or reordered data"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_nothing_is_lost_over_a_transport_that_drops_cancelled_receives(
+    transport: TransportKind, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 5: a receive that had to send cancelled its own transport receive, and
+    on a transport that drops data when cancelled, bytes vanished and the connection hung.
+
+    The pyOpenSSL server renegotiates in the middle of a large write, while it
+    is blocked writing to us; we only receive.
+    """
+    first = random.Random(51).randbytes(100_000)
+    second = random.Random(52).randbytes(100_000)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            client_transport, server_transport = (
+                trio.testing.memory_stream_pair()
+                if transport == "memory"
+                else trio.testing.lockstep_stream_pair()
+            )
+            dropping = DroppingReceiveStream(client_transport)
+            client: MemoryBIOStream[DroppingReceiveStream] = MemoryBIOStream(
+                dropping, trio_context("client"), server_hostname=HOSTNAME
+            )
+            peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
+            nursery.start_soon(peer.run_receiver)
+            nursery.start_soon(peer.run_sender)
+            await client.do_handshake()
+            peer.conn.sendall(first)
+            peer.start_renegotiation()
+            peer.conn.sendall(second)
+            peer.pump()
+            expected = first + RENEGOTIATION_DATA + second
+            received = bytearray()
+            while len(received) < len(expected):
+                data = await client.receive_some()
+                assert data, f"EOF after {len(received)} bytes"
+                received += data
+            assert received == expected
+            assert dropping.dropped == 0, "the stream cancelled a transport receive itself"
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_send_eof_after_a_failed_first_attempt_does_not_claim_success(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Symptom 6: send_eof() after a failed one returned normally; close_notify never left."""
+    with trio.fail_after(DEADLINE):
+        async with open_cell("established", "send_eof", "memory", tmp_path) as cell:
+            cell.transport.install(FaultPlan(raise_on_send_at=0, send_error=OSError))
+            with pytest.raises((trio.BrokenResourceError, OSError)):
+                await cell.client.send_eof()
+            with pytest.raises(trio.BrokenResourceError):
+                await cell.client.send_eof()
+            await close_and_check_peer(cell)

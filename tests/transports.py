@@ -112,3 +112,41 @@ class ResettingStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class DroppingReceiveStream(trio.abc.HalfCloseableStream):
+    """A transport whose receive_some() loses its data when it is cancelled.
+
+    It takes bytes from the wrapped stream and only then reaches a checkpoint
+    (as trio's own test transport PyOpenSSLEchoStream does, and as trio's
+    stream contract allows): a receive cancelled there has consumed bytes that
+    nobody will ever see. ``dropped`` counts them.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.dropped = 0
+        self.closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            self.dropped += len(data)
+            raise
+        return data
+
+    async def send_eof(self) -> None:
+        assert isinstance(self.inner, trio.abc.HalfCloseableStream)
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.inner.aclose()
