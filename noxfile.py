@@ -1,15 +1,23 @@
-"""Sessions (`nox -s NAME`): tests, lint, typing, demo, bench, fuzz, docs, verifytypes, package."""
+"""Sessions (`nox -s NAME`): tests, lint, typing, demo, bench, fuzz, docs, verifytypes, package.
+
+Each check is defined once, in ``.ci/check``; a session installs what the
+check needs and runs it. ``tests`` is one session per supported Python
+(``tests-3.10`` ... ``tests-3.13``), the versions read from pyproject.toml's
+classifiers, so that adding a version there adds its session.
+"""
 
 from __future__ import annotations
 
 import shutil
-import tarfile
 from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["lint", "typing", "tests"]
 nox.options.default_venv_backend = "venv"
+
+#: The supported Pythons: pyproject.toml's "Programming Language :: Python :: 3.X".
+PYTHONS = nox.project.python_versions(nox.project.load_toml("pyproject.toml"))
 
 
 def install(session: nox.Session, *extras: str) -> None:
@@ -18,27 +26,30 @@ def install(session: nox.Session, *extras: str) -> None:
     session.install("-e", spec)
 
 
-@nox.session
+def check(session: nox.Session, name: str, *arguments: str) -> None:
+    """Run ``.ci/check NAME``, with this session's environment first on PATH."""
+    session.run("bash", ".ci/check", name, *arguments, external=True)
+
+
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite with branch coverage (the README's test command)."""
+    """The test suite with branch coverage and the coverage gate, on one Python."""
     install(session, "test")
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
-    session.run("coverage", "report", "--fail-under=90")
+    check(session, "tests", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
+    check(session, "lint")
 
 
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and this file."""
     install(session, "lint")
-    session.run("mypy")
+    check(session, "typing")
 
 
 @nox.session
@@ -81,17 +92,7 @@ def demo(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The Sphinx site: warnings are errors, every reference is checked, no network needed."""
     install(session, "docs")
-    session.run(
-        "sphinx-build",
-        "-W",
-        "-n",
-        "--keep-going",
-        "-b",
-        "html",
-        "docs",
-        "docs/_build/html",
-        *session.posargs,
-    )
+    check(session, "docs", *session.posargs)
 
 
 @nox.session
@@ -100,43 +101,20 @@ def verifytypes(session: nox.Session) -> None:
     # Not editable: pyright cannot see through setuptools' editable-install
     # import hook, and would find no package at all.
     session.install(".[test]", "pyright>=1.1.400")
-    session.run("pyright", "--verifytypes", "trio_membio", "--ignoreexternal")
-
-
-#: Files the sdist must contain (checked by `package`).
-SDIST_FILES = (
-    "pyproject.toml",
-    "README.md",
-    "noxfile.py",
-    "trio_membio/py.typed",
-    "trio_membio/testing/__init__.py",
-    "trio_membio/testing/strategies.py",
-    # what the test suite needs besides the test files themselves
-    "tests/__init__.py",
-    "tests/conftest.py",
-    "tests/helpers.py",
-    "tests/transports.py",
-    "tests/peers.py",
-    "benchmarks/bench.py",
-    "docs/index.md",
-    "docs/_static/bench.json",
-)
+    check(session, "verifytypes")
 
 
 @nox.session
 def package(session: nox.Session) -> None:
-    """Build the sdist and the wheel, then install the wheel in a fresh venv and run the demo."""
+    """Build the sdist and the wheel with `build`, then run tests/test_packaging.py on the wheel.
+
+    The test checks what the wheel and an sdist contain (the licence among
+    them), installs the wheel in a fresh venv and runs the demo.
+    """
     install(session, "test")
     session.install("build>=1.2")
     shutil.rmtree("dist", ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", "dist")
-    (sdist,) = Path("dist").glob("trio_membio-*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        root = sdist.name.removesuffix(".tar.gz")
-        names = set(archive.getnames())
-    missing = [name for name in SDIST_FILES if f"{root}/{name}" not in names]
-    if missing:
-        session.error(f"{sdist.name} lacks {missing}")
     (wheel,) = Path("dist").glob("trio_membio-*.whl")
     session.run(
         "python",
