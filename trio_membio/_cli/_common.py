@@ -334,12 +334,16 @@ class Tracer:
     Args:
         err: Where to print.
         label: A callable giving a prefix for each line (which connection).
+        start: The ``time.monotonic()`` that timestamps count from (default:
+            now); tracers that share one print on one clock.
     """
 
-    def __init__(self, err: TextIO, label: Callable[[], str] = str) -> None:
+    def __init__(
+        self, err: TextIO, label: Callable[[], str] = str, start: float | None = None
+    ) -> None:
         self._err = err
         self._label = label
-        self._start = time.monotonic()
+        self._start = time.monotonic() if start is None else start
 
     def __call__(self, event: TraceEvent) -> None:
         elapsed = time.monotonic() - self._start

@@ -364,7 +364,9 @@ def _from_der(der: bytes) -> _Certificate:
         dns = [f"DNS:{value}" for value in san.get_values_for_type(x509.DNSName)]
         ips = [f"IP Address:{value}" for value in san.get_values_for_type(x509.IPAddress)]
         names = ", ".join(dns + ips)
-    not_after = certificate.not_valid_after_utc.strftime("%b %d %H:%M:%S %Y GMT")
+    expiry = certificate.not_valid_after_utc
+    # getpeercert()'s format (OpenSSL's): the day padded with a space.
+    not_after = f"{expiry:%b} {expiry.day:2d} {expiry:%H:%M:%S %Y} GMT"
     return _Certificate(
         subject=", ".join(a.rfc4514_string() for a in certificate.subject),
         names=names,

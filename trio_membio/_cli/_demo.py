@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ssl
+import time
 from typing import TYPE_CHECKING, TextIO
 
 import trio
@@ -88,11 +89,12 @@ async def run(
     return 0
 
 
-def _tracer(err: TextIO | None, side: str) -> TraceCallback | None:
+def _tracers(err: TextIO | None) -> tuple[TraceCallback | None, TraceCallback | None]:
+    """The client's and the server's trace callbacks, on one clock (None, None: no trace)."""
     if err is None:
-        return None
-    label = f"{side}: "
-    return Tracer(err, lambda: label)
+        return None, None
+    start = time.monotonic()
+    return Tracer(err, lambda: "client: ", start), Tracer(err, lambda: "server: ", start)
 
 
 async def _echo_server(
@@ -116,17 +118,18 @@ async def _echo_server(
 async def run_demo(out: TextIO, *, trace_to: TextIO | None = None) -> None:
     """Run the demo, printing to ``out``, and the trace of both streams to ``trace_to``."""
     server_context, client_context = _throwaway_contexts()
+    client_trace, server_trace = _tracers(trace_to)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     listener = listeners[0]
     host, port = listener.socket.getsockname()[:2]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_echo_server, listener, server_context, out, _tracer(trace_to, "server"))
+        nursery.start_soon(_echo_server, listener, server_context, out, server_trace)
         transport = await trio.open_tcp_stream(host, port)
         client = MemoryBIOStream(
             transport,
             client_context,
             server_hostname="localhost",
-            trace=_tracer(trace_to, "client"),
+            trace=client_trace,
         )
         await client.do_handshake()
         cipher = client.cipher()
