@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from trio_membio import HalfCloseNotSupportedError, MemoryBIOStream, TLSTruncationError
-from trio_membio._transport_lanes import SEND_WINDOW
+from trio_membio._transport import SEND_WINDOW
 
 from .helpers import (
     HOSTNAME,

@@ -5,8 +5,9 @@ the session) is read straight from the ``ssl.SSLObject``, as typed methods
 and properties rather than ``__getattr__`` forwarding, so type checkers and
 readers see exactly what exists. Anything that only means something after the
 handshake raises :exc:`NeedHandshakeError` before it, as trio.SSLStream does.
-The byte counters behind :meth:`statistics` live here too; the stream's I/O
-code updates them.
+The stream owns one :class:`ConnectionInfo` and forwards its public accessors
+to it; the counters behind ``statistics()`` are the stream's
+:class:`~trio_membio._state.Counters`, updated by its I/O code.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Literal, overload
 
 from ._engine import TLSEngine
 from ._errors import NeedHandshakeError
-from ._statistics import ConnectionEnd, TLSStatistics
+from ._state import Counters
+from ._statistics import TLSStatistics
 
-__all__ = ["PeerCertificate", "TLSConnectionInfo"]
+__all__ = ["ConnectionInfo", "PeerCertificate"]
 
 #: The decoded form of a certificate, as :meth:`ssl.SSLSocket.getpeercert` returns it.
 PeerCertificate = dict[
@@ -26,19 +28,16 @@ PeerCertificate = dict[
 ]
 
 
-class TLSConnectionInfo:
-    """Connection information and statistics shared by every TLS stream here."""
+class ConnectionInfo:
+    """What one TLS connection negotiated, and its statistics."""
 
-    def __init__(self, engine: TLSEngine, *, https_compatible: bool) -> None:
+    __slots__ = ("_counters", "_engine", "https_compatible")
+
+    def __init__(self, engine: TLSEngine, counters: Counters, *, https_compatible: bool) -> None:
         self._engine = engine
-        self._https_compatible = https_compatible
-        self._plaintext_sent = 0
-        self._plaintext_received = 0
-        self._ciphertext_sent = 0
-        self._ciphertext_received = 0
-        self._handshake_started: float | None = None
-        self._handshake_finished: float | None = None
-        self._ended: ConnectionEnd | None = None
+        self._counters = counters
+        #: Whether a missing close_notify is accepted (see MemoryBIOStream).
+        self.https_compatible = https_compatible
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -61,11 +60,6 @@ class TLSConnectionInfo:
         return self._engine.ssl_object.context
 
     @property
-    def https_compatible(self) -> bool:
-        """Whether a missing close_notify is accepted (see the constructor)."""
-        return self._https_compatible
-
-    @property
     def session(self) -> ssl.SSLSession | None:
         """The TLS session, to pass as ``session=`` to a later connection.
 
@@ -82,22 +76,22 @@ class TLSConnectionInfo:
     @property
     def session_reused(self) -> bool:
         """Whether the handshake resumed an earlier session."""
-        self._require_handshake("session_reused")
+        self.require_handshake("session_reused")
         return self._engine.ssl_object.session_reused
 
     def cipher(self) -> tuple[str, str, int] | None:
         """The negotiated cipher as (name, protocol, secret bits)."""
-        self._require_handshake("cipher()")
+        self.require_handshake("cipher()")
         return self._engine.ssl_object.cipher()
 
     def version(self) -> str | None:
         """The negotiated protocol version, such as ``"TLSv1.3"``."""
-        self._require_handshake("version()")
+        self.require_handshake("version()")
         return self._engine.ssl_object.version()
 
     def selected_alpn_protocol(self) -> str | None:
         """The ALPN protocol both sides agreed on, or None."""
-        self._require_handshake("selected_alpn_protocol()")
+        self.require_handshake("selected_alpn_protocol()")
         return self._engine.ssl_object.selected_alpn_protocol()
 
     @overload
@@ -115,33 +109,30 @@ class TLSConnectionInfo:
         A dict of its decoded fields (only when it was verified), or with
         ``binary_form=True`` its DER bytes; None if the peer sent none.
         """
-        self._require_handshake("getpeercert()")
+        self.require_handshake("getpeercert()")
         return self._engine.ssl_object.getpeercert(binary_form)
 
     def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
         """Channel binding data for ``cb_type`` (RFC 5929), or None."""
-        self._require_handshake("get_channel_binding()")
+        self.require_handshake("get_channel_binding()")
         return self._engine.ssl_object.get_channel_binding(cb_type)
 
     def statistics(self) -> TLSStatistics:
         """Byte counts each way, handshake time, resumption and how it ended."""
-        started, finished = self._handshake_started, self._handshake_finished
+        counters = self._counters
+        started, finished = counters.handshake_started, counters.handshake_finished
         return TLSStatistics(
-            plaintext_sent=self._plaintext_sent,
-            plaintext_received=self._plaintext_received,
-            ciphertext_sent=self._ciphertext_sent,
-            ciphertext_received=self._ciphertext_received,
+            plaintext_sent=counters.plaintext_sent,
+            plaintext_received=counters.plaintext_received,
+            ciphertext_sent=counters.ciphertext_sent,
+            ciphertext_received=counters.ciphertext_received,
             handshake_duration=None if started is None or finished is None else finished - started,
             session_reused=(
                 self._engine.ssl_object.session_reused if self._engine.handshake_complete else None
             ),
-            ended=self._ended,
+            ended=counters.ended,
         )
 
-    def _end(self, how: ConnectionEnd) -> None:
-        if self._ended is None:
-            self._ended = how
-
-    def _require_handshake(self, name: str) -> None:
+    def require_handshake(self, name: str) -> None:
         if not self._engine.handshake_complete:
             raise NeedHandshakeError(f"call do_handshake() before {name}")

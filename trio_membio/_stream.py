@@ -4,34 +4,46 @@ Theory of operation
 ===================
 
 The engine (``_engine.py``) decides what bytes move; this module decides when,
-in which task, and what happens on cancellation. The machinery for sharing the
-transport between tasks (send and receive lanes, the outgoing BIO as the send
-queue, receive counting, per-direction breakage) is in ``_transport_lanes.py``
-and its rules are numbered there. On top of it, this module's rules are:
+in which task, and what happens on cancellation. The stream owns three
+things and inherits none of them: the engine, a
+:class:`~trio_membio._transport.Transport` (the one funnel every transport
+byte passes through, the send and receive lanes, the stop of each direction;
+its rules are numbered in ``_transport.py``), and a
+:class:`~trio_membio._connection_info.ConnectionInfo` for what the handshake
+negotiated. Every state the stream can be in is listed in ``_state.py``: the
+lifecycle (changed only by :meth:`MemoryBIOStream._enter`) and each
+direction's stop (changed only by ``Transport.stop``). On top of the
+transport's rules, this module's are:
 
 1. **One handshake driver.** The first task that needs the handshake drives
-   it; the others wait for the driver's *outcome*, not for the engine: the
-   engine finishes before its final flight is on the wire. If the driver is
-   cancelled while waiting for the peer's bytes, nothing was lost and a
-   waiter takes over. If it fails, the failure is recorded and every waiter
-   raises it. If it is cancelled while its ciphertext was being written, an
-   unknown part reached the peer, and the stream is broken with a message
-   that says so.
+   it (HANDSHAKING); the others wait for the driver's *outcome*, not for the
+   engine: the engine finishes before its final flight is on the wire. If the
+   driver is cancelled while waiting for the peer's bytes, nothing was lost
+   and a waiter takes over. If it fails, the failure is recorded and every
+   waiter raises it. If it is cut short while its ciphertext was being
+   written, an unknown part reached the peer, and the stream is broken with a
+   message that says so.
 
 2. **No plaintext is lost.** receive_some() returns everything already
-   decrypted, up to ``max_bytes``; if its read also queued TLS output, the
-   plaintext is put back into the engine while that output is sent, so a
-   cancelled or failed send loses nothing.
+   decrypted, up to ``max_bytes``. If its read also queued TLS output (a
+   renegotiation or post-handshake reply), the plaintext is handed out
+   first; the output goes out on the socket at once as far as it fits (the
+   rest with the next call that waits for the peer), on other transports
+   from a task of its own (transport rule 5).
 
 3. **send_all() holds a bounded window.** It encrypts a chunk, sends it, and
    only then encrypts the next, so memory does not grow with the payload; it
    yields to other tasks at least every ``YIELD_EVERY`` bytes even when the
-   transport never blocks.
+   transport never blocks. Once any of its data is encrypted, a cancellation
+   stops the sending direction: the caller cannot know what reached the peer,
+   and a retry would duplicate it.
 
 4. **aclose() waits for nobody.** It marks the stream closed, wakes every
    parked task (they raise ClosedResourceError), sends close_notify only if
-   the send lane is free (bounded by a short timeout), and closes the
-   transport, which wakes any task blocked inside it.
+   the send lane is free (bounded), and closes the transport, which wakes any
+   task blocked inside it. After a fatal alert on a TCP transport it first
+   half-closes and drains input for a bounded time, so the peer reads the
+   alert instead of a connection reset.
 """
 
 from __future__ import annotations
@@ -39,23 +51,19 @@ from __future__ import annotations
 import logging
 import operator
 import ssl
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, Literal, NoReturn, TypeVar, final, overload
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from ._conflict import ConflictDetector
-from ._connection_info import PeerCertificate
+from ._connection_info import ConnectionInfo, PeerCertificate
 from ._engine import TLSEngine, TLSTruncationError
-from ._errors import HalfCloseNotSupportedError, UnreadDataError
-from ._statistics import ConnectionEnd
+from ._errors import HalfCloseNotSupportedError, UnreadDataError, describe_tls_error
+from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, Stop, StopKind
+from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
-from ._transport_lanes import (
-    ALERT_TIMEOUT,
-    SET_ASIDE_LIMIT,
-    TRUNCATED,
-    TransportLanes,
-)
+from ._transport import SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, Transport
 
 __all__ = ["MemoryBIOStream", "PeerCertificate"]
 
@@ -68,12 +76,18 @@ PLAINTEXT_CHUNK: Final = 65536
 #: other tasks (and lets cancellation in) after this much plaintext.
 YIELD_EVERY: Final = 262144
 
+TRUNCATED: Final = (
+    "TLS stream truncated (pass https_compatible=True only if the protocol on top "
+    "detects truncation itself)"
+)
+
 _TLS_1_3: Final = "TLSv1.3"
 
 TransportStream = TypeVar("TransportStream", bound=trio.abc.Stream, covariant=True)
 
 
-class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[TransportStream]):
+@final
+class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     """TLS over any trio stream, through a pair of memory BIOs.
 
     A drop-in for :class:`trio.SSLStream`: the same constructor arguments and
@@ -107,6 +121,10 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             enabled for DEBUG when the stream is created, events are logged
             there.
 
+    Any exception the transport raises (not only trio's own) stops the
+    direction it happened in, and is raised as
+    :exc:`trio.BrokenResourceError` chained from it; see
+    :doc:`cancellation`.
     """
 
     def __init__(
@@ -122,7 +140,6 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
     ) -> None:
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
-        self._transport = transport_stream
         if trace is None and trace_logger.isEnabledFor(logging.DEBUG):
             trace = log_trace_event
         engine: TLSEngine
@@ -141,11 +158,14 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 server_hostname=server_hostname,
                 session=session,
             )
-        super().__init__(transport_stream, engine, https_compatible=https_compatible)
-        # engine.handshake_complete (with its final flight sent), cached for
-        # the hot paths.
-        self._handshook = False
-        self._handshake_driven = False
+        counters = Counters()
+        self._transport_stream = transport_stream
+        self._engine = engine
+        self._counters = counters
+        self._io = Transport(transport_stream, engine, counters)
+        self._info = ConnectionInfo(engine, counters, https_compatible=https_compatible)
+        self._https_compatible = https_compatible
+        self._lifecycle = Lifecycle.HANDSHAKE_PENDING
         self._send_conflict = ConflictDetector(
             "another task is already sending on this MemoryBIOStream "
             "(send_all, send_eof and wait_send_all_might_not_block must not overlap)"
@@ -159,7 +179,88 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
     @property
     def transport_stream(self) -> TransportStream:
         """The stream carrying the ciphertext, as passed to the constructor."""
-        return self._transport
+        return self._transport_stream
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The :class:`ssl.SSLObject` doing the TLS work (for inspection)."""
+        return self._info.ssl_object
+
+    @property
+    def server_side(self) -> bool:
+        """Whether this end is the TLS server."""
+        return self._info.server_side
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The host name given for SNI and certificate checking, if any."""
+        return self._info.server_hostname
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The :class:`ssl.SSLContext` this stream was created with."""
+        return self._info.context
+
+    @property
+    def https_compatible(self) -> bool:
+        """Whether a missing close_notify is accepted (see the constructor)."""
+        return self._https_compatible
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session, to pass as ``session=`` to a later connection.
+
+        On TLS 1.3 the server sends the resumable session after the handshake,
+        so read it after the client has received some data. Setting it is
+        allowed before the handshake only.
+        """
+        return self._info.session
+
+    @session.setter
+    def session(self, session: ssl.SSLSession | None) -> None:
+        self._info.session = session
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        return self._info.session_reused
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """The negotiated cipher as (name, protocol, secret bits)."""
+        return self._info.cipher()
+
+    def version(self) -> str | None:
+        """The negotiated protocol version, such as ``"TLSv1.3"``."""
+        return self._info.version()
+
+    def selected_alpn_protocol(self) -> str | None:
+        """The ALPN protocol both sides agreed on, or None."""
+        return self._info.selected_alpn_protocol()
+
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> PeerCertificate | None: ...
+
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+
+    @overload
+    def getpeercert(self, binary_form: bool) -> PeerCertificate | bytes | None: ...
+
+    def getpeercert(self, binary_form: bool = False) -> PeerCertificate | bytes | None:
+        """The peer's certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it.
+
+        A dict of its decoded fields (only when it was verified), or with
+        ``binary_form=True`` its DER bytes; None if the peer sent none.
+        """
+        return self._info.getpeercert(binary_form)
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
+        """Channel binding data for ``cb_type`` (RFC 5929), or None."""
+        return self._info.get_channel_binding(cb_type)
+
+    def statistics(self) -> TLSStatistics:
+        """Byte counts each way, handshake time, resumption and how it ended."""
+        return self._info.statistics()
 
     def has_buffered_input(self) -> bool:
         """Whether this TLS layer holds input its transport no longer shows.
@@ -201,66 +302,67 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         Raises:
             trio.BrokenResourceError: the handshake failed (chained from the
                 ssl error; the fatal alert has been sent to the peer, best
-                effort), the transport failed, or the stream was already
-                broken.
+                effort), the transport failed (chained from its exception),
+                or the stream was already broken.
             trio.ClosedResourceError: the stream was closed, before or during
                 the call.
         """
         self._check_usable()
         await checkpoint_if_cancelled()
-        if self._handshook:
+        if self._lifecycle is Lifecycle.OPEN:
             await cancel_shielded_checkpoint()
             return
         await self._ensure_handshake()
 
     async def _ensure_handshake(self) -> None:
-        """Make sure the handshake has finished; always yields at least once."""
+        """Make sure the handshake has finished (rule 1); always yields at least once."""
         engine = self._engine
         yielded = False
         while True:
             self._check_usable()
-            if self._handshake_driven:
+            if self._lifecycle is Lifecycle.HANDSHAKING:
                 # Even if the engine has finished, the driver may still be
                 # writing the final flight: wait for its outcome.
-                await self._wait_for_change()
+                await self._io.wait_for_change()
                 yielded = True
                 continue
             if engine.handshake_complete:
                 # A final flight still queued (its driver was cancelled while
                 # waiting for the send lane) goes out with the next send.
                 break
-            self._handshake_driven = True
+            self._enter(Lifecycle.HANDSHAKING)
             try:
                 yielded = await self._drive_handshake() or yielded
             finally:
-                self._handshake_driven = False
-                self._notify_change()
+                self._enter(Lifecycle.HANDSHAKE_PENDING)
         # The engine may have finished while its final flight was cut short
         # by a cancelled driver: that breaks the stream for every waiter too.
         self._check_usable()
-        self._handshook = True
+        self._enter(Lifecycle.OPEN)
         if not yielded:
             await cancel_shielded_checkpoint()
 
     async def _drive_handshake(self) -> bool:
         engine = self._engine
+        io = self._io
+        counters = self._counters
         yielded = False
-        if self._handshake_started is None:
-            self._handshake_started = trio.current_time()
+        if counters.handshake_started is None:
+            counters.handshake_started = trio.current_time()
         while True:
             try:
                 finished = engine.do_handshake()
             except ssl.SSLError as exc:
                 await self._fail(exc, "TLS handshake failed")
             if engine.bytes_to_send:
-                # Until these bytes are out, a half-written send breaks the
-                # whole stream, whoever is sending (see _send_queued_holding_lane).
-                self._handshake_output_queued = True
-                yielded = await self._send_queued() or yielded
+                # Until these bytes are out, a send cut short breaks the
+                # whole stream, whoever is sending (transport rule 1).
+                io.handshake_output_queued = True
+                yielded = await io.send_queued() or yielded
             if finished:
-                self._handshake_finished = trio.current_time()
+                counters.handshake_finished = trio.current_time()
                 return yielded
-            yielded = await self._receive_ciphertext() or yielded
+            yielded = await io.receive_ciphertext() or yielded
 
     # --------------------------------------------------------------- receive
 
@@ -279,7 +381,8 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         Raises:
             trio.BrokenResourceError: the peer sent bad or truncated data (the
                 message says which, chained from the ssl error), the
-                handshake failed, or the transport failed.
+                handshake failed, or the transport failed (chained from its
+                exception).
             trio.ClosedResourceError: the stream was closed, before or during
                 the call.
             trio.BusyResourceError: another task is already receiving.
@@ -290,10 +393,13 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             raise trio.BusyResourceError(conflict.message)
         conflict.in_use = True
         try:
-            if self._closed or (self._broken is not None and not self._engine.buffered_plaintext):
+            stop = self._io.receive_stop
+            if stop is not None and (
+                stop.kind is not StopKind.BROKEN or not self._engine.buffered_plaintext
+            ):
                 # Plaintext decrypted before a failure is still authentic: it
                 # is handed out before the failure is reported.
-                self._check_usable()
+                stop.raise_error()
             if max_bytes is None:
                 max_bytes = DEFAULT_RECEIVE_SIZE
             else:
@@ -302,10 +408,8 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 if max_bytes < 1:
                     raise ValueError("max_bytes must be at least 1")
             await checkpoint_if_cancelled()
-            engine = self._engine
-            output_bio = engine.output_bio
             yielded = False
-            if not self._handshook:
+            if self._lifecycle is not Lifecycle.OPEN:
                 try:
                     await self._ensure_handshake()
                 except trio.BrokenResourceError as exc:
@@ -316,57 +420,67 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         return b""
                     raise
                 yielded = True
-            while True:
-                try:
-                    data = engine.read(max_bytes)
-                except TLSTruncationError as exc:
-                    if self._https_compatible:
-                        self._end(ConnectionEnd.TRUNCATED)
-                        if not yielded:
-                            await cancel_shielded_checkpoint()
-                        return b""
-                    await self._fail(exc, TRUNCATED)
-                except ssl.SSLError as exc:
-                    await self._fail(exc, "TLS error while receiving")
-                if output_bio.pending:
-                    # The read queued TLS output (a renegotiation or
-                    # post-handshake reply).
-                    if self._send_broken is not None or self._eof_sent:
-                        engine.data_to_send()  # it can never be sent (lanes rule 4)
-                    elif not self._sending:
-                        if self._fast_path is not None:
-                            # What the socket takes now; the rest waits in the
-                            # queue, sent by the next sender or by this receive
-                            # once the socket has room, so that a full socket
-                            # never stops us reading (lanes rule 6).
-                            self._send_output_now()
-                            if self._broken is not None and not data:
-                                # Plaintext in hand goes out first; the failure
-                                # is reported by the next call.
-                                self._raise_broken()
-                        else:
-                            # Keep the plaintext in the engine meanwhile: a
-                            # cancelled or failed send must not lose it. The
-                            # send reads on meanwhile (lanes rule 6): decrypt
-                            # what that fed in before receiving more.
-                            if data:
-                                engine.put_back(data)
-                            yielded = await self._send_output_of_receive() or yielded
-                            continue
-                    # Otherwise the send lane's holder sends it (lanes rule 2).
-                if data is not None:
-                    if data:
-                        self._plaintext_received += len(data)
-                        if self._changed is not None:
-                            self._notify_change()  # a writer may wait for room (engine rule 7)
-                    else:
-                        self._end(ConnectionEnd.CLOSE_NOTIFY)
-                    if not yielded:
-                        await cancel_shielded_checkpoint()
-                    return data
-                yielded = await self._receive_ciphertext() or yielded
+            return await self._receive_plaintext(max_bytes, yielded)
         finally:
             conflict.in_use = False
+
+    async def _receive_plaintext(self, max_bytes: int, yielded: bool) -> bytes | bytearray:
+        """Decrypt, receiving ciphertext as needed, until there is something to return."""
+        engine = self._engine
+        io = self._io
+        output_bio = engine.output_bio
+        while True:
+            try:
+                data = engine.read(max_bytes)
+            except TLSTruncationError as exc:
+                if self._https_compatible:
+                    self._counters.end(ConnectionEnd.TRUNCATED)
+                    if not yielded:
+                        await cancel_shielded_checkpoint()
+                    return b""
+                await self._fail(exc, TRUNCATED)
+            except ssl.SSLError as exc:
+                await self._fail(exc, "TLS error while receiving")
+            if output_bio.pending:
+                # The read queued TLS output: handshake messages of a
+                # renegotiation or a post-handshake reply, which the peer
+                # waits for, so cutting them short breaks everything. Sent by
+                # the send lane's holder if there is one (it sends everything
+                # queued), else owed (transport rule 5).
+                send_stop = io.send_stop
+                if send_stop is not None:
+                    engine.data_to_send()  # it can never be sent
+                    if send_stop.kind is StopKind.BROKEN:
+                        # The peer would wait for it forever, and we for the peer.
+                        io.stop(
+                            Stop(
+                                StopKind.BROKEN,
+                                "the peer started a TLS exchange (a renegotiation or a "
+                                "post-handshake message) that needs an answer, and this "
+                                f"stream can no longer send: {send_stop.message}",
+                                send_stop.cause,
+                            )
+                        )
+                        if not data:
+                            io.raise_closed_or_broken()
+                else:
+                    io.handshake_output_queued = True
+                    if io.fast_path is not None:
+                        io.send_owed_now()
+                        if io.receive_stop is not None and not data:
+                            io.raise_closed_or_broken()
+                    else:
+                        io.send_owed_in_background()
+            if data is not None:
+                if data:
+                    self._counters.plaintext_received += len(data)
+                    io.notify_change()  # a writer may wait for room (engine rule 7)
+                else:
+                    self._counters.end(ConnectionEnd.CLOSE_NOTIFY)
+                if not yielded:
+                    await cancel_shielded_checkpoint()
+                return data
+            yielded = await io.receive_ciphertext() or yielded
 
     # ------------------------------------------------------------------ send
 
@@ -378,15 +492,15 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         ``len(data)``.
 
         On cancellation: if the call was still waiting for its turn on the
-        transport nothing was sent and the stream is intact. If it was
-        cancelled while writing to the transport, an unknown part of the data
-        was sent, so the sending direction is broken (later sends raise
-        BrokenResourceError); receiving keeps working.
+        transport (or for a TLS 1.2 renegotiation) before any of its data was
+        encrypted, nothing was sent and the stream is intact. Otherwise an
+        unknown part of the data was sent, so the sending direction is broken
+        (later sends raise BrokenResourceError); receiving keeps working.
 
         Raises:
             trio.BrokenResourceError: the sending direction or the whole
                 stream is broken, the handshake failed, or the transport
-                failed.
+                failed (chained from its exception).
             trio.ClosedResourceError: the stream was closed (or send_eof()
                 was called), before or during the call.
             trio.BusyResourceError: another task is already sending.
@@ -396,114 +510,153 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             raise trio.BusyResourceError(conflict.message)
         conflict.in_use = True
         try:
-            if self._closed or self._broken is not None or self._send_broken is not None:
-                self._check_can_send()
-            if self._eof_sent:
-                self._check_can_send()
+            io = self._io
+            stop = io.send_stop
+            if stop is not None:
+                stop.raise_error()
             await checkpoint_if_cancelled()
-            engine = self._engine
-            if not self._handshook:
+            if self._lifecycle is not Lifecycle.OPEN:
                 await self._ensure_handshake()
-                self._check_can_send()
+                io.check_sending()
                 if not data:
                     return
             elif not data:
                 await cancel_shielded_checkpoint()
                 return
             data_type = type(data)
-            small = len(data) <= PLAINTEXT_CHUNK and (data_type is bytes or data_type is bytearray)
-            if small and not self._sending and not self._handshake_output_queued:
-                # The express lane: one chunk, encrypted and sent at once; on
-                # a socket, tried without waiting (the usual case on TCP).
-                # Whatever it cannot finish (a TLS 1.2 renegotiation) goes on
-                # below.
-                self._sending = True
-                try:
-                    try:
-                        written = engine.write(data) or 0
-                    except ssl.SSLError as exc:
-                        await self._fail(exc, "TLS error while sending", lane_held=True)
-                    self._plaintext_sent += written
-                    if written == len(data):
-                        if self._try_send is None:
-                            yielded = await self._send_queued_holding_lane()
-                        else:
-                            try:
-                                sent_all = self._send_queued_now()
-                            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                                self._raise_transport_error(exc, sending=True)
-                            # What did not fit waits for room the ordinary way.
-                            yielded = False if sent_all else await self._send_queued_holding_lane()
-                finally:
-                    self._sending = False
-                    if self._changed is not None:
-                        self._notify_change()
+            if (
+                (data_type is bytes or data_type is bytearray)
+                and len(data) <= PLAINTEXT_CHUNK
+                and not io.sending
+                and not io.handshake_output_queued
+            ):
+                written = await self._send_express(data)  # type: ignore[arg-type]  # checked above
                 if written == len(data):
-                    if not yielded:
-                        await cancel_shielded_checkpoint()
                     return
-                if written:
-                    data = memoryview(data)[written:]
-                    small = False
-            view: bytes | bytearray | memoryview
-            if small:
-                view = data  # one chunk: no memoryview needed
             else:
-                view = memoryview(data)
-                if view.itemsize != 1 or not view.c_contiguous:
-                    view = view.cast("B")
-            if self._sending:
-                yielded = await self._acquire_send_lane()
-            else:
-                self._sending = True
-                yielded = False
-            lane_held = True
-            sent_since_yield = 0
-            try:
-                while view:
-                    chunk = view if len(view) <= PLAINTEXT_CHUNK else view[:PLAINTEXT_CHUNK]
-                    try:
-                        consumed = engine.write(chunk)
-                    except ssl.SSLError as exc:
-                        await self._fail(exc, "TLS error while sending", lane_held=True)
-                    if consumed is None:
-                        # A TLS 1.2 renegotiation: the peer must answer first.
-                        await self._send_queued_holding_lane()
-                        self._release_send_lane()
-                        lane_held = False
-                        try:
-                            await self._wait_for_renegotiation()
-                            await self._acquire_send_lane()
-                        except BaseException:
-                            # None of this chunk was consumed: the stream is
-                            # intact, and the next send may carry other bytes.
-                            engine.abandon_write()
-                            raise
-                        lane_held = True
-                        yielded = True
-                        continue
-                    view = view[consumed:]
-                    self._plaintext_sent += consumed
-                    if await self._send_queued_holding_lane():
-                        yielded = True
-                        sent_since_yield = 0
-                    else:
-                        sent_since_yield += consumed
-                        if view and sent_since_yield >= YIELD_EVERY:
-                            # The socket took everything at once: let other
-                            # tasks run and cancellation in, as SocketStream does.
-                            sent_since_yield = 0
-                            await self._checkpoint_between_chunks()
-                            yielded = True
-            finally:
-                if lane_held:
-                    self._sending = False
-                    if self._changed is not None:
-                        self._notify_change()
-            if not yielded:
-                await cancel_shielded_checkpoint()
+                written = 0
+            await self._send_chunked(data, written)
         finally:
             conflict.in_use = False
+
+    async def _send_express(self, data: bytes | bytearray) -> int:
+        """One chunk, encrypted and sent at once; on a socket, tried without waiting.
+
+        Returns how much of ``data`` was encrypted. Everything but a TLS 1.2
+        renegotiation (which leaves the rest for _send_chunked) finishes here,
+        with trio's checkpoint.
+        """
+        engine = self._engine
+        io = self._io
+        io.sending = True
+        try:
+            try:
+                written = engine.write(data) or 0
+            except ssl.SSLError as exc:
+                await self._fail(exc, "TLS error while sending", lane_held=True)
+            self._counters.plaintext_sent += written
+            if written != len(data):
+                return written
+            if io.try_send is None:
+                yielded = await io.send_queued_holding_lane()
+            else:
+                # What did not fit waits for room the ordinary way.
+                yielded = not io.send_now() and await io.send_queued_holding_lane()
+        finally:
+            io.release_send_lane()
+        if not yielded:
+            await cancel_shielded_checkpoint()
+        return written
+
+    async def _send_chunked(self, data: bytes | bytearray | memoryview, written: int) -> None:
+        """Send ``data[written:]`` a window at a time (rule 3).
+
+        The loop's rules:
+
+        1. Encrypt at most PLAINTEXT_CHUNK, send it, then encrypt the next.
+        2. A write that needs the peer first (a TLS 1.2 renegotiation) sends
+           what is queued, lets go of the send lane and receives until the
+           renegotiation has moved, then retries with the same bytes.
+        3. Once any of ``data`` is encrypted, a cancellation (while waiting
+           for a renegotiation, or between chunks) stops sending: part of the
+           data may be on the wire, and a retry would duplicate it.
+        """
+        engine = self._engine
+        io = self._io
+        view = memoryview(data)
+        if view.itemsize != 1 or not view.c_contiguous:
+            view = view.cast("B")
+        view = view[written:]
+        yielded = await io.acquire_send_lane()
+        lane_held = True
+        sent_since_yield = 0
+        try:
+            while view:
+                chunk = view if len(view) <= PLAINTEXT_CHUNK else view[:PLAINTEXT_CHUNK]
+                try:
+                    consumed = engine.write(chunk)
+                except ssl.SSLError as exc:
+                    await self._fail(exc, "TLS error while sending", lane_held=True)
+                if consumed is None:
+                    # A renegotiation's handshake messages are queued (rule 2).
+                    io.handshake_output_queued = True
+                    await io.send_queued_holding_lane()
+                    io.release_send_lane()
+                    lane_held = False
+                    try:
+                        await self._wait_for_renegotiation()
+                        await io.acquire_send_lane()
+                    except BaseException:
+                        # None of this chunk was consumed, so the next send may
+                        # carry other bytes; but if earlier ones were, the
+                        # caller cannot tell what went out (rule 3).
+                        engine.abandon_write()
+                        if written:
+                            io.break_after(None, SEND_HALF_WRITTEN, whole=False)
+                        raise
+                    lane_held = True
+                    yielded = True
+                    continue
+                view = view[consumed:]
+                written += consumed
+                self._counters.plaintext_sent += consumed
+                if await io.send_queued_holding_lane():
+                    yielded = True
+                    sent_since_yield = 0
+                else:
+                    sent_since_yield += consumed
+                    if view and sent_since_yield >= YIELD_EVERY:
+                        # The socket took everything at once: let other tasks
+                        # run and cancellation in, as SocketStream does.
+                        sent_since_yield = 0
+                        await self._checkpoint_between_chunks()
+                        yielded = True
+        finally:
+            if lane_held:
+                io.release_send_lane()
+        if not yielded:
+            await cancel_shielded_checkpoint()
+
+    async def _wait_for_renegotiation(self) -> None:
+        """Let the peer's renegotiation reply in, while a write waits for it.
+
+        Application data that arrives first is set aside in the engine for
+        receive_some() (engine rule 7). Past a limit, wait for the receiving
+        task to take it rather than read more: memory stays bounded even if
+        the peer floods us meanwhile.
+        """
+        if self._engine.buffered_plaintext >= SET_ASIDE_LIMIT:
+            await self._io.wait_for_change()
+        else:
+            await self._io.receive_ciphertext()
+
+    async def _checkpoint_between_chunks(self) -> None:
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            # Part of the caller's data went out: the same as a half-written send.
+            self._io.break_after(None, SEND_HALF_WRITTEN, whole=False)
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can probably take more data.
@@ -512,27 +665,28 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         Cancelling it loses nothing.
 
         Raises:
-            trio.BrokenResourceError: the sending direction is broken.
+            trio.BrokenResourceError: the sending direction is broken, or the
+                transport failed (chained from its exception).
             trio.ClosedResourceError: the stream was closed.
             trio.BusyResourceError: another task is sending.
         """
         with self._send_conflict:
-            self._check_can_send()
+            io = self._io
+            io.check_sending()
             await checkpoint_if_cancelled()
-            await self._acquire_send_lane()
+            await io.acquire_send_lane()
             try:
-                try:
-                    await self._transport_base.wait_send_all_might_not_block()
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._raise_transport_error(exc, sending=True)
-                await self._send_queued_holding_lane()
+                await io.wait_send_all_might_not_block()
+                await io.send_queued_holding_lane()
             except BaseException:
-                # Other tasks may have queued ciphertext behind us, trusting
-                # the lane holder to send it (lanes rule 2): do, before leaving.
-                await self._send_stranded_output()
+                # Other tasks may have queued ciphertext behind us (a fatal
+                # alert among it), trusting the lane holder to send it
+                # (transport rule 3): do, bounded.
+                if io.may_send_queued():
+                    await io.send_best_effort()
                 raise
             finally:
-                self._release_send_lane()
+                io.release_send_lane()
 
     async def send_eof(self) -> None:
         """Send close_notify and keep receiving (a TLS 1.3 half-close).
@@ -540,7 +694,7 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         The peer's receive_some() returns ``b""`` and the peer can go on
         sending to us. Afterwards send_all() raises ClosedResourceError;
         calling send_eof() again does nothing (or raises BrokenResourceError
-        if the first one was cancelled while writing).
+        if the first one was cut short or failed while writing).
 
         On cancellation: before the close_notify was queued nothing changed;
         while it was being written the sending direction is broken.
@@ -549,21 +703,20 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
             HalfCloseNotSupportedError: the connection negotiated TLS 1.2 or
                 lower, where close_notify ends both directions.
             trio.BrokenResourceError: the sending direction or the stream is
-                broken, or the handshake failed.
+                broken, the handshake failed, or the transport failed.
             trio.ClosedResourceError: the stream was closed.
             trio.BusyResourceError: another task is sending.
         """
         with self._send_conflict:
+            io = self._io
             self._check_usable()
             await checkpoint_if_cancelled()
-            if self._eof_sent:
-                # Nothing to do, unless that close_notify was cut off half-way:
-                # then the peer may never see it, and saying so is the point.
-                self._check_sending_direction()
+            stop = io.send_stop
+            if stop is not None and stop.kind is StopKind.EOF_SENT:
                 await cancel_shielded_checkpoint()
                 return
             engine = self._engine
-            if not self._handshook:
+            if self._lifecycle is not Lifecycle.OPEN:
                 await self._ensure_handshake()
             version = engine.ssl_object.version()
             if version != _TLS_1_3:
@@ -571,17 +724,17 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     f"send_eof() needs TLS 1.3 but this connection negotiated {version}; "
                     "before TLS 1.3 close_notify ends both directions, so use aclose()"
                 )
-            self._check_can_send()
-            yielded = await self._acquire_send_lane()
+            io.check_sending()
+            yielded = await io.acquire_send_lane()
             try:
                 try:
                     engine.send_close_notify()
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error while sending close_notify", lane_held=True)
-                self._eof_sent = True
-                yielded = await self._send_queued_holding_lane() or yielded
+                io.stop(EOF_SENT, receiving=False)
+                yielded = await io.send_queued_holding_lane() or yielded
             finally:
-                self._release_send_lane()
+                io.release_send_lane()
             if not yielded:
                 await cancel_shielded_checkpoint()
 
@@ -593,30 +746,27 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
         If no other task is sending and the handshake has finished, sends
         close_notify once (waiting at most a second for the transport to take
         it; never waiting for the peer's reply), then closes the transport.
-        Otherwise closes the transport at once. Tasks blocked in this
-        stream's methods wake up with ClosedResourceError. Calling aclose()
-        again does nothing. With ``https_compatible=True`` no close_notify is
-        sent. For a two-way TLS shutdown, use :meth:`unwrap`.
+        Otherwise closes the transport at once. After a fatal TLS alert on a
+        TCP transport, half-closes it and reads (discarding) for at most a
+        second first, so that the peer reads the alert instead of a
+        connection reset. Tasks blocked in this stream's methods wake up with
+        ClosedResourceError. Calling aclose() again does nothing. With
+        ``https_compatible=True`` no close_notify is sent. For a two-way TLS
+        shutdown, use :meth:`unwrap`.
 
         On cancellation the transport is still closed (forcefully) and
         Cancelled is raised.
         """
-        if self._closed:
+        io = self._io
+        if io.closed:
             await trio.lowlevel.checkpoint()
             return
-        self._closed = True
-        self._end(ConnectionEnd.CLOSED_LOCALLY)
-        self._notify_change()
+        send_stop = io.send_stop
+        can_send = (send_stop is None or send_stop.kind is StopKind.EOF_SENT) and not io.sending
+        self._close(ConnectionEnd.CLOSED_LOCALLY)
         engine = self._engine
         try:
-            if (
-                self._broken is None
-                and self._send_broken is None
-                and engine.failure is None
-                and engine.handshake_complete
-                and not self._sending
-            ):
-                self._sending = True
+            if can_send and engine.failure is None and engine.handshake_complete:
                 try:
                     if self._https_compatible or engine.close_notify_sent:
                         # No close_notify, but held session tickets still go
@@ -624,25 +774,14 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                         engine.release_held_output()
                     else:
                         engine.send_close_notify()
-                    if engine.bytes_to_send:
-                        final_bytes = engine.data_to_send()
-                        sent = 0 if self._try_send is None else self._try_send(final_bytes)
-                        self._ciphertext_sent += sent
-                        if sent < len(final_bytes):
-                            rest = final_bytes[sent:]
-                            with trio.move_on_after(ALERT_TIMEOUT) as scope:
-                                await self._transport_send(rest)
-                            if not scope.cancelled_caught:
-                                self._ciphertext_sent += len(rest)
-                            elif self._fast_path is not None:
-                                self._ciphertext_sent += len(rest) - self._fast_path.unsent
-                except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    # The peer may already be gone; close_notify is a courtesy.
-                    pass
-                finally:
-                    self._sending = False
+                except ssl.SSLError:
+                    pass  # close_notify is a courtesy; the peer may be gone
+                else:
+                    await io.send_best_effort()
+            elif self._counters.ended is ConnectionEnd.ALERT and not io.receiving:
+                await io.linger()
         finally:
-            await self._transport_base.aclose()
+            await io.stream.aclose()
 
     async def unwrap(self) -> tuple[TransportStream, bytes]:
         """Shut down TLS both ways and hand back the transport.
@@ -668,38 +807,37 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                 either its close_notify followed or 1 MiB of it is waiting.
         """
         with self._receive_conflict, self._send_conflict:
+            io = self._io
             self._check_usable()
             await checkpoint_if_cancelled()
             engine = self._engine
             yielded = False
-            if not self._handshook:
+            if self._lifecycle is not Lifecycle.OPEN:
                 await self._ensure_handshake()
                 yielded = True
             while True:
                 # After send_eof() our close_notify is out; after a broken send
                 # nobody knows whether it is, so a two-way shutdown is off.
-                broken = self._send_broken
-                if broken is not None:
-                    raise trio.BrokenResourceError(broken[0]) from broken[1]
+                io.check_sending(closing=True)
                 try:
                     finished = engine.unwrap()
                 except TLSTruncationError as exc:
                     await self._fail(exc, TRUNCATED)
                 except ssl.SSLError as exc:
                     await self._fail(exc, "TLS error during unwrap()")
-                self._eof_sent = True  # our close_notify is queued: no more sending
+                io.stop(EOF_SENT, receiving=False)  # our close_notify is queued
                 if engine.bytes_to_send:
-                    yielded = await self._send_queued(closing=True) or yielded
+                    yielded = await io.send_queued(closing=True) or yielded
                 # A peer that goes on sending data instead of its close_notify:
                 # stop reading ahead there, so memory stays bounded.
                 if finished or engine.buffered_plaintext >= SET_ASIDE_LIMIT:
                     break
-                yielded = await self._receive_ciphertext() or yielded
+                yielded = await io.receive_ciphertext() or yielded
+            if not yielded:
+                await cancel_shielded_checkpoint()
             if engine.buffered_plaintext:
                 # The peer sent data that nobody received. Keep it readable
                 # rather than drop it.
-                if not yielded:
-                    await cancel_shielded_checkpoint()
                 sent = (
                     "before its close_notify that were never received"
                     if finished
@@ -709,11 +847,39 @@ class MemoryBIOStream(TransportLanes, trio.abc.HalfCloseableStream, Generic[Tran
                     f"the peer sent {engine.buffered_plaintext} bytes of data {sent}: call "
                     "receive_some() until it returns b'', then unwrap() again"
                 )
-            if not yielded:
-                await cancel_shielded_checkpoint()
-            self._closed = True
-            self._end(ConnectionEnd.UNWRAPPED)
-            self._notify_change()
-            return self._transport, engine.take_trailing_data()
+            self._close(ConnectionEnd.UNWRAPPED)
+            return self._transport_stream, engine.take_trailing_data()
 
-    # --------------------------------------------------------------- helpers
+    # ----------------------------------------------------------- transitions
+
+    def _enter(self, lifecycle: Lifecycle) -> None:
+        """Move to ``lifecycle``: the only place it changes (CLOSED is final)."""
+        if self._lifecycle is not Lifecycle.CLOSED:
+            self._lifecycle = lifecycle
+            self._io.notify_change()
+
+    def _close(self, how: ConnectionEnd) -> None:
+        """aclose() or unwrap(): everything stops with ClosedResourceError."""
+        self._counters.end(how)
+        self._enter(Lifecycle.CLOSED)
+        self._io.stop(CLOSED)
+
+    def _check_usable(self) -> None:
+        stop = self._io.receive_stop
+        if stop is not None:
+            stop.raise_error()
+
+    async def _fail(self, exc: ssl.SSLError, what: str, *, lane_held: bool = False) -> NoReturn:
+        """Record a TLS failure, send the fatal alert (best effort), raise."""
+        io = self._io
+        message = f"{what}: {describe_tls_error(exc)}"
+        self._counters.end(
+            ConnectionEnd.TRUNCATED if isinstance(exc, TLSTruncationError) else ConnectionEnd.ALERT
+        )
+        send_stop = io.send_stop
+        can_send = send_stop is None or send_stop.kind is StopKind.EOF_SENT
+        io.stop(Stop(StopKind.BROKEN, message, exc))
+        if can_send and (lane_held or not io.sending):
+            # The alert tells the peer why, instead of leaving it hanging.
+            await io.send_best_effort()
+        raise trio.BrokenResourceError(message) from exc
