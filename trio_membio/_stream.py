@@ -127,6 +127,18 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     :doc:`cancellation`.
     """
 
+    # No __dict__: an idle stream costs only what it holds (trio's stream
+    # ABCs and Generic declare empty __slots__ too).
+    __slots__ = (
+        "_engine",
+        "_info",
+        "_io",
+        "_lifecycle",
+        "_receive_conflict",
+        "_send_conflict",
+        "_transport_stream",
+    )
+
     def __init__(
         self,
         transport_stream: TransportStream,
@@ -161,10 +173,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         counters = Counters()
         self._transport_stream = transport_stream
         self._engine = engine
-        self._counters = counters
         self._io = Transport(transport_stream, engine, counters)
         self._info = ConnectionInfo(engine, counters, https_compatible=https_compatible)
-        self._https_compatible = https_compatible
         self._lifecycle = Lifecycle.HANDSHAKE_PENDING
         self._send_conflict = ConflictDetector(
             "another task is already sending on this MemoryBIOStream "
@@ -204,7 +214,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     @property
     def https_compatible(self) -> bool:
         """Whether a missing close_notify is accepted (see the constructor)."""
-        return self._https_compatible
+        return self._info.https_compatible
 
     @property
     def session(self) -> ssl.SSLSession | None:
@@ -345,7 +355,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     async def _drive_handshake(self) -> bool:
         engine = self._engine
         io = self._io
-        counters = self._counters
+        counters = io.counters
         yielded = False
         if counters.handshake_started is None:
             counters.handshake_started = trio.current_time()
@@ -413,7 +423,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 try:
                     await self._ensure_handshake()
                 except trio.BrokenResourceError as exc:
-                    if self._https_compatible and isinstance(exc.__cause__, TLSTruncationError):
+                    if self._info.https_compatible and isinstance(exc.__cause__, TLSTruncationError):
                         # trio.SSLStream's policy: in HTTPS mode an EOF during
                         # the handshake is just an EOF.
                         await trio.lowlevel.checkpoint()
@@ -433,8 +443,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             try:
                 data = engine.read(max_bytes)
             except TLSTruncationError as exc:
-                if self._https_compatible:
-                    self._counters.end(ConnectionEnd.TRUNCATED)
+                if self._info.https_compatible:
+                    self._io.counters.end(ConnectionEnd.TRUNCATED)
                     if not yielded:
                         await cancel_shielded_checkpoint()
                     return b""
@@ -473,10 +483,10 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         io.send_owed_in_background()
             if data is not None:
                 if data:
-                    self._counters.plaintext_received += len(data)
+                    self._io.counters.plaintext_received += len(data)
                     io.notify_change()  # a writer may wait for room (engine rule 7)
                 else:
-                    self._counters.end(ConnectionEnd.CLOSE_NOTIFY)
+                    self._io.counters.end(ConnectionEnd.CLOSE_NOTIFY)
                 if not yielded:
                     await cancel_shielded_checkpoint()
                 return data
@@ -554,7 +564,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 written = engine.write(data) or 0
             except ssl.SSLError as exc:
                 await self._fail(exc, "TLS error while sending", lane_held=True)
-            self._counters.plaintext_sent += written
+            self._io.counters.plaintext_sent += written
             if written != len(data):
                 return written
             if io.try_send is None:
@@ -619,7 +629,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     continue
                 view = view[consumed:]
                 written += consumed
-                self._counters.plaintext_sent += consumed
+                self._io.counters.plaintext_sent += consumed
                 if await io.send_queued_holding_lane():
                     yielded = True
                     sent_since_yield = 0
@@ -768,7 +778,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         try:
             if can_send and engine.failure is None and engine.handshake_complete:
                 try:
-                    if self._https_compatible or engine.close_notify_sent:
+                    if self._info.https_compatible or engine.close_notify_sent:
                         # No close_notify, but held session tickets still go
                         # out (engine rule 5), so the client can resume.
                         engine.release_held_output()
@@ -778,7 +788,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     pass  # close_notify is a courtesy; the peer may be gone
                 else:
                     await io.send_best_effort()
-            elif self._counters.ended is ConnectionEnd.ALERT and not io.receiving:
+            elif self._io.counters.ended is ConnectionEnd.ALERT and not io.receiving:
                 await io.linger()
         finally:
             await io.stream.aclose()
@@ -860,7 +870,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     def _close(self, how: ConnectionEnd) -> None:
         """aclose() or unwrap(): everything stops with ClosedResourceError."""
-        self._counters.end(how)
+        self._io.counters.end(how)
         self._enter(Lifecycle.CLOSED)
         self._io.stop(CLOSED)
 
@@ -873,7 +883,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         """Record a TLS failure, send the fatal alert (best effort), raise."""
         io = self._io
         message = f"{what}: {describe_tls_error(exc)}"
-        self._counters.end(
+        self._io.counters.end(
             ConnectionEnd.TRUNCATED if isinstance(exc, TLSTruncationError) else ConnectionEnd.ALERT
         )
         send_stop = io.send_stop
