@@ -137,7 +137,7 @@ def setup(app: Sphinx) -> None:
 def _hide_private_bases(
     app: Sphinx, name: str, obj: object, options: object, bases: list[object]
 ) -> None:
-    """Drop our own private bases (e.g. ``_transport_lanes.TransportLanes``).
+    """Drop our own private bases (e.g. ``typing.Generic`` parameterised privately).
 
     Their public methods are documented on the class itself (inherited members).
     """
@@ -211,6 +211,10 @@ def _resolve_package_names(
         return intersphinx.missing_reference(app, env, aliased, contnode)
     domain = env.get_domain("py")
     assert isinstance(domain, PythonDomain)
+    if target.startswith("trio_membio._"):
+        # A name typing resolved before the package set its public
+        # __module__ (a generic base such as Listener[MemoryBIOStream[...]]).
+        target = target.rsplit(".", 1)[-1]
     for module in ("trio_membio", "trio_membio.testing"):
         candidate = f"{module}.{target}"
         if candidate in domain.objects:

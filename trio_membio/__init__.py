@@ -43,3 +43,12 @@ __all__ = [
     "open_tls_over_tcp_stream",
     "serve_tls_over_tcp",
 ]
+
+# The public names say where to import them from: trio_membio, not the private
+# module that defines them (reprs, tracebacks, pickling, documentation).
+for _name in __all__:
+    _value = globals()[_name]
+    if getattr(_value, "__module__", "").startswith("trio_membio."):
+        _value.__module__ = __name__
+del _name, _value
+
