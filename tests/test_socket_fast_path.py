@@ -631,3 +631,64 @@ async def test_generic_send_and_receive_failing_together_report_the_stream_failu
         await client.send_all(b"x")
     await client.aclose()
     await server.aclose()
+
+
+async def tcp_pair() -> tuple[SocketTLS, SocketTLS]:
+    """A client and server over a real loopback TCP connection (no handshake yet)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        port = listeners[0].socket.getsockname()[1]
+        client_socket = await trio.open_tcp_stream("127.0.0.1", port)
+        server_socket = await listeners[0].accept()
+    client = MemoryBIOStream(client_socket, client_context(), server_hostname=HOSTNAME)
+    server = MemoryBIOStream(server_socket, server_context(), server_side=True)
+    return client, server
+
+
+@pytest.mark.parametrize("linger", [True, False], ids=["lingering", "without-linger"])
+async def test_peer_still_writing_reads_our_fatal_alert_not_a_reset(
+    linger: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # We fail on a forged record while the peer is still writing to us. If
+    # aclose() closed the TCP socket with that input unread, the kernel would
+    # reset the connection: the peer's writes fail and it never learns why.
+    # aclose() lingers instead (half-close, drain, bounded), so the peer's
+    # writes complete and it reads our alert. The unlingering run shows the
+    # test can tell the difference.
+    if not linger:
+        monkeypatch.setattr("trio_membio._transport.Transport.linger", _no_linger)
+    client, server = await tcp_pair()
+    await handshake_both(client, server)
+    forged = b"\x17\x03\x03\x00\x20" + bytes(32)  # application data that cannot decrypt
+    server_raw = server.transport_stream
+    peer_saw: list[BaseException] = []
+    writes_done = trio.Event()
+
+    async def peer() -> None:
+        await server_raw.send_all(forged)
+        try:
+            for _ in range(256):  # 16 MiB: more than the socket buffers hold
+                await server_raw.send_all(bytes(65536))
+            writes_done.set()
+            await server.receive_some()
+        except trio.BrokenResourceError as exc:
+            peer_saw.append(exc)
+        await server.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer)
+            with pytest.raises(trio.BrokenResourceError, match="(?i)bad record mac"):
+                await client.receive_some()
+            await client.aclose()
+    [error] = peer_saw
+    if linger:
+        assert writes_done.is_set()
+        assert "alert" in str(error).lower(), repr(error)
+    else:
+        assert not writes_done.is_set()
+        assert "alert" not in str(error).lower(), repr(error)
+
+
+async def _no_linger(self: object) -> None:
+    return None
