@@ -678,7 +678,7 @@ async def test_peer_still_writing_reads_our_fatal_alert_not_a_reset(
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer)
-            with pytest.raises(trio.BrokenResourceError, match="(?i)bad record mac"):
+            with pytest.raises(trio.BrokenResourceError, match=r"(?i)bad record mac"):
                 await client.receive_some()
             await client.aclose()
     [error] = peer_saw
