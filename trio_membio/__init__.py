@@ -51,4 +51,3 @@ for _name in __all__:
     if getattr(_value, "__module__", "").startswith("trio_membio."):
         _value.__module__ = __name__
 del _name, _value
-

@@ -36,7 +36,8 @@ class Lifecycle(enum.Enum):
     HANDSHAKE_PENDING = "handshake pending"
     #: A task is driving the handshake; others wait for its outcome.
     HANDSHAKING = "handshaking"
-    #: The handshake finished and its final flight is on the wire.
+    #: The handshake finished (its final flight is on the wire, or queued
+    #: behind another task's send, which sends it first).
     OPEN = "open"
     #: aclose() or unwrap() ended the stream.
     CLOSED = "closed"

@@ -63,7 +63,7 @@ from ._errors import HalfCloseNotSupportedError, UnreadDataError, describe_tls_e
 from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, Stop, StopKind
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
-from ._transport import SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, Transport
+from ._transport import ALERT_TIMEOUT, SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, Transport
 
 __all__ = ["MemoryBIOStream", "PeerCertificate"]
 
@@ -384,9 +384,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         the peer has sent close_notify (or, with ``https_compatible=True``,
         once the transport ends). Runs the handshake first if needed.
 
-        On cancellation no plaintext or ciphertext is lost: the stream stays
-        usable, except when the cancelled call was writing TLS output the
-        protocol needed (the sending direction is then broken).
+        On cancellation no plaintext or ciphertext is lost and the stream
+        stays usable: TLS output a read queued (a renegotiation or
+        post-handshake reply) is written to a socket without waiting, or sent
+        by the stream's own task on other transports, so a cancellation never
+        cuts it short.
 
         Raises:
             trio.BrokenResourceError: the peer sent bad or truncated data (the
@@ -423,7 +425,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 try:
                     await self._ensure_handshake()
                 except trio.BrokenResourceError as exc:
-                    if self._info.https_compatible and isinstance(exc.__cause__, TLSTruncationError):
+                    truncated = isinstance(exc.__cause__, TLSTruncationError)
+                    if truncated and self._info.https_compatible:
                         # trio.SSLStream's policy: in HTTPS mode an EOF during
                         # the handshake is just an EOF.
                         await trio.lowlevel.checkpoint()
@@ -753,9 +756,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     async def aclose(self) -> None:
         """Close the stream and its transport, without waiting for anyone.
 
-        If no other task is sending and the handshake has finished, sends
-        close_notify once (waiting at most a second for the transport to take
-        it; never waiting for the peer's reply), then closes the transport.
+        If no other task is sending (the stream's own sender of TLS replies
+        does not count: close_notify goes out behind its bytes) and the
+        handshake has finished, sends close_notify once (waiting at most a
+        second for the transport to take it; never waiting for the peer's
+        reply), then closes the transport.
         Otherwise closes the transport at once. After a fatal TLS alert on a
         TCP transport, half-closes it and reads (discarding) for at most a
         second first, so that the peer reads the alert instead of a
@@ -772,7 +777,12 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             await trio.lowlevel.checkpoint()
             return
         send_stop = io.send_stop
-        can_send = (send_stop is None or send_stop.kind is StopKind.EOF_SENT) and not io.sending
+        # The stream's own sender (transport rule 5) holds the lane but sends
+        # whatever is queued behind its bytes: close_notify can still go.
+        background = io.background_sending
+        can_send = (send_stop is None or send_stop.kind is StopKind.EOF_SENT) and (
+            not io.sending or background is not None
+        )
         self._close(ConnectionEnd.CLOSED_LOCALLY)
         engine = self._engine
         try:
@@ -787,7 +797,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 except ssl.SSLError:
                     pass  # close_notify is a courtesy; the peer may be gone
                 else:
-                    await io.send_best_effort()
+                    if background is not None:
+                        with trio.move_on_after(ALERT_TIMEOUT):
+                            await background.wait()
+                    else:
+                        await io.send_best_effort(shield=False)
             elif self._io.counters.ended is ConnectionEnd.ALERT and not io.receiving:
                 await io.linger()
         finally:

@@ -131,6 +131,7 @@ class Transport:
     __slots__ = (
         "_changed",
         "_receive_scope",
+        "background_sending",
         "counters",
         "engine",
         "fast_path",
@@ -166,8 +167,11 @@ class Transport:
         #: reply) are in the send queue: cutting it short breaks everything.
         self.handshake_output_queued = False
         self._changed: trio.Event | None = None
-        # The scope of a generic transport receive in progress.
+        # The scope of a transport receive (or wait to receive) in progress.
         self._receive_scope: trio.CancelScope | None = None
+        #: While the stream's own task sends owed output (rule 5): set when
+        #: it has finished. It holds the send lane meanwhile.
+        self.background_sending: trio.Event | None = None
 
     # ------------------------------------------------------------ transitions
 
@@ -268,16 +272,8 @@ class Transport:
             else:
                 data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
                 yielded = data is None
-                while data is None:
-                    if self.output_owed():
-                        # Rule 5: wait to read or to write, sending what fits.
-                        await self._wait_to_read_or_write(fast_path)
-                        self.send_owed_now()
-                        if self.receive_stop is not None:
-                            break  # the send stopped everything: raised below
-                    else:
-                        await trio.lowlevel.wait_readable(fast_path.socket)
-                    data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
+                if data is None:
+                    data = await self._wait_and_receive(fast_path)
         except Exception as exc:
             raise self._receive_failed(exc) from exc
         if data is None:
@@ -290,6 +286,28 @@ class Transport:
             engine.receive_eof()
         self.receive_count += 1
         return yielded
+
+    async def _wait_and_receive(self, fast_path: SocketFastPath) -> bytes | None:
+        """Fast path: wait for the socket and receive; None if receiving stopped meanwhile.
+
+        Only waits are cancelled by stop() here, never a transport call.
+        """
+        data = None
+        try:
+            with trio.CancelScope() as self._receive_scope:
+                while data is None:
+                    if self.output_owed():
+                        # Rule 5: wait to read or to write, sending what fits.
+                        await self._wait_to_read_or_write(fast_path)
+                        self.send_owed_now()
+                        if self.receive_stop is not None:
+                            break  # the send stopped everything: raised below
+                    else:
+                        await trio.lowlevel.wait_readable(fast_path.socket)
+                    data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
+        finally:
+            self._receive_scope = None
+        return data
 
     async def wait_send_all_might_not_block(self) -> None:
         """The transport's own wait; a failure stops sending like a failed send."""
@@ -379,16 +397,18 @@ class Transport:
         self.handshake_output_queued = False
         return yielded
 
-    async def send_best_effort(self) -> None:
-        """Send the queue shielded, for at most ALERT_TIMEOUT; give up quietly (rule 6).
+    async def send_best_effort(self, *, shield: bool = True) -> None:
+        """Send the queue for at most ALERT_TIMEOUT; give up quietly (rule 6).
 
-        The caller holds the send lane, or it is free.
+        The caller holds the send lane, or it is free. ``shield``: sent even
+        if the caller is being cancelled (a fatal alert); aclose() passes
+        False, so that a cancelled aclose() closes at once.
         """
         if not self.engine.bytes_to_send:
             return
         was_sending, self.sending = self.sending, True
         try:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + ALERT_TIMEOUT):
+            with trio.CancelScope(shield=shield, deadline=trio.current_time() + ALERT_TIMEOUT):
                 await self.send_queued_holding_lane()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # recorded by the funnel; the peer may well be gone
@@ -484,16 +504,28 @@ class Transport:
         if not self.output_owed():
             return
         self.sending = True
+        self.background_sending = trio.Event()
         trio.lowlevel.spawn_system_task(
             self._send_owed, name=f"<trio_membio: owed output for {self.stream!r}>"
         )
 
     async def _send_owed(self) -> None:
+        # An exception escaping a system task would end the whole trio.run:
+        # everything but the run's own cancellation is recorded and kept for
+        # the next call on the stream.
         try:
             await self.send_queued_holding_lane()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # recorded by the funnel: the next call on the stream says so
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # a KeyboardInterrupt-like transport error, a trace bug
+            if not self.closed:
+                self.break_after(exc, f"sending owed TLS output failed: {exc!r}", whole=True)
         finally:
+            done, self.background_sending = self.background_sending, None
+            if done is not None:
+                done.set()
             self.release_send_lane()
 
     async def _wait_to_read_or_write(self, fast_path: SocketFastPath) -> None:
