@@ -20,12 +20,13 @@ NeedHandshakeError = trio.NeedHandshakeError
 
 
 class HalfCloseNotSupportedError(RuntimeError):
-    """send_eof() was called on a connection that negotiated TLS 1.2 or lower.
+    """No longer raised: kept so that code which catches it still imports.
 
-    Before TLS 1.3 a close_notify ends the connection in both directions (the
-    peer must answer with its own and stop), so a TLS half-close is only
-    possible on TLS 1.3. Use ``aclose()`` instead, or require TLS 1.3 with
-    ``ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3``.
+    ``send_eof()`` used to raise it on TLS 1.2. It now sends close_notify on
+    every TLS version (see :meth:`MemoryBIOStream.send_eof
+    <trio_membio.MemoryBIOStream.send_eof>` for what a strict TLS 1.2 peer
+    may do with it), so generic code written against
+    :class:`trio.abc.HalfCloseableStream` works whatever the peer chose.
     """
 
 

@@ -59,7 +59,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 from ._conflict import ConflictDetector
 from ._connection_info import ConnectionInfo, PeerCertificate
 from ._engine import TLSEngine, TLSTruncationError
-from ._errors import HalfCloseNotSupportedError, UnreadDataError, describe_tls_error
+from ._errors import UnreadDataError, describe_tls_error
 from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, Stop, StopKind
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
@@ -81,7 +81,6 @@ TRUNCATED: Final = (
     "detects truncation itself)"
 )
 
-_TLS_1_3: Final = "TLSv1.3"
 
 TransportStream = TypeVar("TransportStream", bound=trio.abc.Stream, covariant=True)
 
@@ -702,19 +701,25 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 io.release_send_lane()
 
     async def send_eof(self) -> None:
-        """Send close_notify and keep receiving (a TLS 1.3 half-close).
+        """Send close_notify and keep receiving (a TLS half-close).
 
         The peer's receive_some() returns ``b""`` and the peer can go on
         sending to us. Afterwards send_all() raises ClosedResourceError;
         calling send_eof() again does nothing (or raises BrokenResourceError
         if the first one was cut short or failed while writing).
 
+        On every TLS version, so that code written against
+        :class:`trio.abc.HalfCloseableStream` works whatever the peer
+        negotiated. TLS 1.3 defines the half-close. Before it, RFC 5246 tells
+        a peer that receives close_notify to answer with its own and discard
+        what it had not sent yet; OpenSSL (and so Python's ssl) does not
+        discard, but a strict TLS 1.2 peer may, so on TLS 1.2 do not count on
+        data the peer had not sent before our close_notify reached it.
+
         On cancellation: before the close_notify was queued nothing changed;
         while it was being written the sending direction is broken.
 
         Raises:
-            HalfCloseNotSupportedError: the connection negotiated TLS 1.2 or
-                lower, where close_notify ends both directions.
             trio.BrokenResourceError: the sending direction or the stream is
                 broken, the handshake failed, or the transport failed.
             trio.ClosedResourceError: the stream was closed.
@@ -731,12 +736,6 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             engine = self._engine
             if self._lifecycle is not Lifecycle.OPEN:
                 await self._ensure_handshake()
-            version = engine.ssl_object.version()
-            if version != _TLS_1_3:
-                raise HalfCloseNotSupportedError(
-                    f"send_eof() needs TLS 1.3 but this connection negotiated {version}; "
-                    "before TLS 1.3 close_notify ends both directions, so use aclose()"
-                )
             io.check_sending()
             yielded = await io.acquire_send_lane()
             try:
