@@ -1,4 +1,4 @@
-"""Shared test helpers: certificates, contexts and connected stream pairs."""
+"""Shared test helpers: certificates, contexts, and reading a stream to a length."""
 
 from __future__ import annotations
 
@@ -87,3 +87,13 @@ async def handshaken_pair(**kwargs: object) -> StreamPair:
     client, server = tls_pair(**kwargs)  # type: ignore[arg-type]  # forwarded keywords
     await handshake_both(client, server)
     return client, server
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    """Receive until ``size`` bytes have arrived; fail on an end of stream before that."""
+    received = bytearray()
+    while len(received) < size:
+        data = await stream.receive_some()
+        assert data, f"EOF after {len(received)} of {size} bytes"
+        received += data
+    return bytes(received)

@@ -1,8 +1,10 @@
-"""Peers for the regression tests, driven step by step from the test's own task.
+"""TLS peers that Python's ssl alone cannot be, and their contexts.
 
+- :func:`pyopenssl_context` / :func:`trio_context`: TLS 1.2 contexts for a
+  pyOpenSSL peer and for our end, with renegotiation allowed on both.
 - :class:`SteppedOpenSSLServer`: a pyOpenSSL TLS 1.2 server over a trio
   stream that can start a renegotiation (Python's ssl cannot). Unlike the
-  threaded peer of test_renegotiation, whose contexts it reuses, it only moves
+  threaded peer of test_renegotiation, whose contexts it shares, it only moves
   when the test awaits it, so the test decides when each of its flights leaves.
 - :func:`pha_streams`: a TLS 1.3 pair with post-handshake client
   authentication, the one TLS 1.3 message that makes a *read* produce output.
@@ -14,6 +16,7 @@ import contextlib
 import ssl
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import trio
 import trustme
@@ -21,10 +24,47 @@ from OpenSSL import SSL
 
 from trio_membio import MemoryBIOStream, TraceCallback
 
-from .helpers import HOSTNAME, ca, client_context, server_context
-from .test_renegotiation import pyopenssl_context, trio_context
+from .helpers import HOSTNAME, ca, client_context, server_cert, server_context
 
-__all__ = ["SteppedOpenSSLServer", "pha_streams", "renegotiation_in_progress"]
+__all__ = [
+    "Role",
+    "SteppedOpenSSLServer",
+    "pha_streams",
+    "pyopenssl_context",
+    "renegotiation_in_progress",
+    "trio_context",
+]
+
+Role = Literal["client", "server"]
+# SSL_OP_ALLOW_CLIENT_RENEGOTIATION (OpenSSL 3.0+), which Python's ssl does not name.
+OP_ALLOW_CLIENT_RENEGOTIATION = ssl.Options(1 << 8)
+
+
+def pyopenssl_context(role: Role, tmp_path: Path) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    pem = str(tmp_path / f"{role}.pem")
+    if role == "server":
+        server_cert().private_key_and_cert_chain_pem.write_to_path(pem)
+        context.use_certificate_chain_file(pem)
+        context.use_privatekey_file(pem)
+    else:
+        ca().cert_pem.write_to_path(pem)
+        context.load_verify_locations(pem)
+        context.set_verify(SSL.VERIFY_PEER)
+    return context
+
+
+def trio_context(role: Role) -> ssl.SSLContext:
+    context = client_context("1.2") if role == "client" else server_context("1.2")
+    # A Python build or policy may disable renegotiation outright (today's
+    # defaults do not); these tests are about supporting it, so allow it.
+    context.options &= ~ssl.OP_NO_RENEGOTIATION
+    if role == "server" and ssl.OPENSSL_VERSION_INFO >= (3,):
+        # OpenSSL 3.0 servers refuse client-initiated renegotiation by default.
+        context.options |= OP_ALLOW_CLIENT_RENEGOTIATION
+    return context
 
 
 class SteppedOpenSSLServer:

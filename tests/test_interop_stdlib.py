@@ -25,7 +25,7 @@ import trustme
 
 from trio_membio import MemoryBIOStream
 
-from .helpers import HOSTNAME, TLSVersion, ca, client_context, server_context
+from .helpers import HOSTNAME, TLSVersion, ca, client_context, receive_exactly, server_context
 
 T = TypeVar("T")
 Role = Literal["client", "server"]
@@ -122,15 +122,6 @@ def contexts(trio_role: Role, version: TLSVersion) -> tuple[ssl.SSLContext, ssl.
     if trio_role == "client":
         return client_context(version), server_context(version), "server"
     return server_context(version), client_context(version), "client"
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        chunk = await stream.receive_some()
-        assert chunk, f"EOF after {len(received)} of {size} bytes"
-        received += chunk
-    return bytes(received)
 
 
 # ---------------------------------------------------------------------- echo

@@ -116,7 +116,7 @@ async def send_messages(stream: Stream, payloads: Sequence[bytes], schedule: Tas
         await stream.send_all(payload)
 
 
-async def receive_exactly(
+async def receive_on_schedule(
     stream: Stream,
     size: int,
     max_bytes: int | None,
@@ -174,10 +174,10 @@ def test_any_fragmentation_delivers_the_same_plaintext(
             nursery.start_soon(send_messages, client, to_server, idle)
             nursery.start_soon(send_messages, server, to_client, idle)
             nursery.start_soon(
-                receive_exactly, server, sum(map(len, to_server)), max_bytes, idle, at_server
+                receive_on_schedule, server, sum(map(len, to_server)), max_bytes, idle, at_server
             )
             nursery.start_soon(
-                receive_exactly, client, sum(map(len, to_client)), max_bytes, idle, at_client
+                receive_on_schedule, client, sum(map(len, to_client)), max_bytes, idle, at_client
             )
         assert at_server == b"".join(to_server)
         assert at_client == b"".join(to_client)
@@ -252,7 +252,7 @@ def test_concurrent_send_and_receive_in_any_schedule(
             nursery.start_soon(send_messages, client, to_server, schedules[0])
             nursery.start_soon(send_messages, server, to_client, schedules[1])
             nursery.start_soon(
-                receive_exactly,
+                receive_on_schedule,
                 server,
                 sum(map(len, to_server)),
                 max_bytes,
@@ -260,7 +260,7 @@ def test_concurrent_send_and_receive_in_any_schedule(
                 at_server,
             )
             nursery.start_soon(
-                receive_exactly,
+                receive_on_schedule,
                 client,
                 sum(map(len, to_client)),
                 max_bytes,

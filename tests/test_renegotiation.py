@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import pytest
 import trio
@@ -30,10 +29,10 @@ from OpenSSL import SSL
 from trio_membio import MemoryBIOStream
 from trio_membio._engine import TLSEngine
 
-from .helpers import HOSTNAME, ca, client_context, server_cert, server_context
+from .helpers import HOSTNAME, receive_exactly
+from .peers import Role, pyopenssl_context, trio_context
 
 R = TypeVar("R")
-Role = Literal["client", "server"]
 Stream = MemoryBIOStream[trio.abc.Stream]
 Wrap = Callable[[trio.SocketStream], trio.abc.Stream]
 
@@ -43,8 +42,6 @@ PIECE = 16 * 1024
 TOTAL = 2 * 1024 * 1024
 RENEGOTIATE_AT = 256 * 1024  # a renegotiation every this many bytes of the stream
 PAYLOAD = random.Random(5746).randbytes(TOTAL)
-# SSL_OP_ALLOW_CLIENT_RENEGOTIATION (OpenSSL 3.0+), which Python's ssl does not name.
-OP_ALLOW_CLIENT_RENEGOTIATION = ssl.Options(1 << 8)
 
 
 @dataclass
@@ -192,33 +189,6 @@ class Peer:
         return Outcome(data, random_now != self.random_before, conn.total_renegotiations(), pending)
 
 
-def pyopenssl_context(role: Role, tmp_path: Path) -> SSL.Context:
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_max_proto_version(SSL.TLS1_2_VERSION)
-    pem = str(tmp_path / f"{role}.pem")
-    if role == "server":
-        server_cert().private_key_and_cert_chain_pem.write_to_path(pem)
-        context.use_certificate_chain_file(pem)
-        context.use_privatekey_file(pem)
-    else:
-        ca().cert_pem.write_to_path(pem)
-        context.load_verify_locations(pem)
-        context.set_verify(SSL.VERIFY_PEER)
-    return context
-
-
-def trio_context(role: Role) -> ssl.SSLContext:
-    context = client_context("1.2") if role == "client" else server_context("1.2")
-    # A Python build or policy may disable renegotiation outright (today's
-    # defaults do not); these tests are about supporting it, so allow it.
-    context.options &= ~ssl.OP_NO_RENEGOTIATION
-    if role == "server" and ssl.OPENSSL_VERSION_INFO >= (3,):
-        # OpenSSL 3.0 servers refuse client-initiated renegotiation by default.
-        context.options |= OP_ALLOW_CLIENT_RENEGOTIATION
-    return context
-
-
 def tls_unique(stream: Stream) -> bytes:
     binding = stream.get_channel_binding("tls-unique")
     assert binding is not None
@@ -268,15 +238,6 @@ async def pyopenssl_peer(
                 with contextlib.suppress(OSError):
                     ours.shutdown(socket.SHUT_RDWR)  # unblock the thread now
                 raise
-
-
-async def receive_exactly(stream: Stream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        data = await stream.receive_some()
-        assert data, f"EOF after {len(received)} of {size} bytes"
-        received += data
-    return bytes(received)
 
 
 async def send_payload(stream: Stream) -> None:

@@ -20,7 +20,7 @@ import trio.testing
 
 from trio_membio import MemoryBIOStream
 
-from .helpers import HOSTNAME, TLSVersion, client_context, server_context
+from .helpers import HOSTNAME, TLSVersion, client_context, receive_exactly, server_context
 
 TIMEOUT = 10.0
 PAYLOAD = 1024 * 1024
@@ -57,15 +57,6 @@ def wrap(
         client = trio.SSLStream(transports[0], client_ctx, server_hostname=HOSTNAME)
         server = MemoryBIOStream(transports[1], server_ctx, server_side=True)
     return client, server
-
-
-async def receive_exactly(stream: TLSStream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        data = await stream.receive_some()
-        assert data, f"ended after {len(received)} of {size} bytes"
-        received += data
-    return bytes(received)
 
 
 @pytest.mark.parametrize("closer", ["ours", "trio"])
