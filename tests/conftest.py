@@ -1,4 +1,6 @@
-"""Hypothesis profiles: pick one with HYPOTHESIS_PROFILE (default "ci").
+"""Hypothesis profiles, and the fixtures several test modules share.
+
+Hypothesis profiles: pick one with HYPOTHESIS_PROFILE (default "ci").
 
 - ``ci``: derandomized (the same examples on every run), few examples, no
   deadline, failing examples printed as a reproduction blob, no "explain"
@@ -19,8 +21,12 @@ virtual deadline, so hypothesis's wall-clock deadline is off everywhere.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
+
+from .cli_harness import write_pems
 
 # The explain phase reruns a failing example hundreds of times to say which
 # parts matter; with a TLS conversation per example that takes many minutes.
@@ -54,3 +60,9 @@ if "HYPOTHESIS_MAX_EXAMPLES" in os.environ:
     )
     _profile = f"{_profile}-sized"
 settings.load_profile(_profile)
+
+
+@pytest.fixture
+def pems(tmp_path: Path) -> dict[str, str]:
+    """PEM files for the command-line tests (see cli_harness.write_pems)."""
+    return write_pems(tmp_path)

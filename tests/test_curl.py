@@ -20,7 +20,7 @@ import trio
 
 from trio_membio._cli._http_server import HTTP_PATTERN
 
-from .test_cli import TIMEOUT, Captured, require_tool, running_serve
+from .cli_harness import TIMEOUT, Captured, require_tool, running_serve
 
 VERSION_OPTIONS = {"1.2": ["--tlsv1.2", "--tls-max", "1.2"], "1.3": ["--tlsv1.3"]}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import runpy
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import sys
 import pytest
 import trio
 
-from trio_membio._cli import main
+from trio_membio._cli import main, main_async
 from trio_membio._cli._demo import run_demo
+
+from .cli_harness import TIMEOUT, Captured
 
 
 async def test_demo_in_process() -> None:
@@ -55,3 +58,23 @@ def test_module_entry_point(
         runpy.run_module("trio_membio", run_name="__main__")
     assert info.value.code == 0
     assert "client  closed" in capsys.readouterr().out
+
+
+async def test_demo_trace() -> None:
+    captured = Captured()
+    with trio.fail_after(TIMEOUT):
+        status = await main_async(["demo", "--trace"], console=captured.console)
+    assert status == 0
+    assert "client  closed" in captured.out.getvalue()
+    lines = captured.err.getvalue().splitlines()
+    for side in ("client", "server"):
+        pattern = rf"\[ *\d+\.\d{{6}}\] {side}: SSLObject -> outgoing BIO: \d+ bytes \(handshake\)"
+        assert any(re.fullmatch(pattern, line) for line in lines), lines[:20]
+    assert all(re.match(r"\[ *\d+\.\d{6}\] (client|server): ", line) for line in lines)
+
+
+def test_demo_without_trace_prints_no_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    captured = capsys.readouterr()
+    assert "client  closed" in captured.out
+    assert captured.err == ""

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .test_cli import (
+from .cli_harness import (
     TIMEOUT,
     read_all,
     read_until,
@@ -26,7 +26,6 @@ from .test_cli import (
     run_connect,
     running_serve,
     started_process,
-    write_pems,
 )
 
 VERSIONS = pytest.mark.parametrize("version", ["1.2", "1.3"])
@@ -36,11 +35,6 @@ S_CLIENT_VERSION = {"1.2": "-tls1_2", "1.3": "-tls1_3"}
 @pytest.fixture(scope="module")
 def openssl() -> str:
     return require_tool("openssl")
-
-
-@pytest.fixture
-def pems(tmp_path: Path) -> dict[str, str]:
-    return write_pems(tmp_path)
 
 
 class SServer:
