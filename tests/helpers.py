@@ -1,12 +1,14 @@
-"""Shared test helpers: certificates, contexts, and reading a stream to a length."""
+"""Shared test helpers: certificates, contexts, reading a stream, and driving racing tasks."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import Literal
 
+import pytest
 import trio
 import trio.testing
 import trustme
@@ -15,6 +17,11 @@ from trio_membio import MemoryBIOStream
 
 TLSVersion = Literal["1.2", "1.3"]
 HOSTNAME = "tls.example.org"
+
+Operation = Callable[[], Awaitable[object]]
+HANG = 10.0  # seconds (virtual, under the autojump clock) after which a wait is a hang
+# An application_data record that cannot decrypt, as an attacker could inject.
+FORGED_RECORD = b"\x17\x03\x03\x00\x30" + bytes(48)
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -97,3 +104,30 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
         assert data, f"EOF after {len(received)} of {size} bytes"
         received += data
     return bytes(received)
+
+
+async def quietly(operation: Operation) -> None:
+    """Run a peer's operation that may see our end break."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await operation()
+
+
+async def cancellable(scope: trio.CancelScope, operation: Operation) -> None:
+    with scope:
+        await operation()
+
+
+async def receive_forever(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
+    while True:
+        into.append(bytes(await stream.receive_some()))
+
+
+async def expect_broken(operation: Operation, match: str) -> None:
+    """The operation raises BrokenResourceError at once, rather than hanging."""
+    with trio.fail_after(HANG), pytest.raises(trio.BrokenResourceError, match=match):
+        await operation()
+
+
+async def aclose_all(*streams: trio.abc.AsyncResource) -> None:
+    for stream in streams:
+        await stream.aclose()

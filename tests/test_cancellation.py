@@ -5,22 +5,39 @@ point must give the outcome its docstring documents. The harness wraps the
 client's transport in a RecordingStream, counts the transport operations an
 uncancelled call makes, then reruns the call once per operation with a cancel
 landing exactly there, and checks what the stream is left able to do.
+Then what a cancelled holder of the send lane leaves behind it (output that
+others queued still goes out), and checkpoints that must come even when the
+transport never blocks (a socket that keeps taking data).
 """
 
 from __future__ import annotations
 
-import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
-from trio.testing import assert_checkpoints
+from trio.testing import assert_checkpoints, wait_all_tasks_blocked
 
 from trio_membio import MemoryBIOStream
 
-from .helpers import HOSTNAME, client_context, handshake_both, server_context
-from .transports import RecordingStream
+from .helpers import (
+    FORGED_RECORD,
+    HANG,
+    HOSTNAME,
+    aclose_all,
+    cancellable,
+    client_context,
+    expect_broken,
+    handshake_both,
+    quietly,
+    receive_forever,
+    server_context,
+    tls_pair,
+)
+from .peers import pha_streams
+from .transports import ControlledTransport, RecordingStream
 
 AnyStream = MemoryBIOStream[trio.abc.Stream]
 Operation = Callable[[AnyStream], Awaitable[object]]
@@ -44,12 +61,6 @@ def recorded_pair(version: str = "1.3") -> tuple[AnyStream, AnyStream, Recording
 
 
 # ----------------------------------------------------------------- peers
-
-
-async def quietly(afn: Callable[[], Awaitable[object]]) -> None:
-    """Run a peer action; the peer may see the stream break or close."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await afn()
 
 
 async def peer_handshake_then_drain(server: AnyStream) -> None:
@@ -276,6 +287,60 @@ async def test_unwrap_cancelled_anywhere(autojump_clock: trio.abc.Clock) -> None
     assert seen == ["send", "receive"]
 
 
+# ------------------------------------- a cancelled holder of the send lane
+
+
+async def test_cancelled_lane_holder_sends_a_reply_queued_behind_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A cancelled lane holder left a post-handshake-auth reply queued behind it unsent."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        transport = ControlledTransport(client_transport)
+        client, server = pha_streams(transport, server_transport)
+        await handshake_both(client, server)
+        transport.wait_gate = trio.Event()
+        received: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            holder = trio.CancelScope()
+            nursery.start_soon(cancellable, holder, client.wait_send_all_might_not_block)
+            await wait_all_tasks_blocked()  # it holds the send lane
+            nursery.start_soon(receive_forever, client, received)
+            await wait_all_tasks_blocked()
+            server.ssl_object.verify_client_post_handshake()
+            await server.send_all(b"authenticate please")
+            await wait_all_tasks_blocked()  # the reader queued the reply for the lane holder
+            assert received == [b"authenticate please"]
+            holder.cancel()
+            with trio.move_on_after(1):
+                await server.receive_some()  # takes in the client's certificate, if sent
+            assert server.getpeercert() is not None, "the client's reply never left"
+            nursery.cancel_scope.cancel()
+        await aclose_all(client, server)
+
+
+async def test_cancelled_lane_holder_sends_a_fatal_alert_queued_behind_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A cancelled lane holder left a fatal alert queued behind it unsent; the peer hung."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        transport = ControlledTransport(client_transport)
+        client, server = tls_pair(lambda: (transport, server_transport), version="1.3")
+        await handshake_both(client, server)
+        transport.wait_gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            holder = trio.CancelScope()
+            nursery.start_soon(cancellable, holder, client.wait_send_all_might_not_block)
+            await wait_all_tasks_blocked()  # it holds the send lane
+            await server_transport.send_all(FORGED_RECORD)
+            with pytest.raises(trio.BrokenResourceError, match=r"(?i)bad record mac"):
+                await client.receive_some()  # the alert is queued for the lane holder
+            holder.cancel()
+            await expect_broken(server.receive_some, r"(?i)alert")
+        await aclose_all(client, server)
+
+
 # ------------------------------------------------------------ checkpoints
 
 
@@ -338,3 +403,68 @@ async def test_cancelled_before_starting_loses_nothing() -> None:
     assert len(recording.operations) == before  # nothing reached the transport
     assert await client.receive_some() == b"kept"
     await expect_receiving_works(client, server)
+
+
+def read_until_eof(sock: socket.socket) -> int:
+    total = 0
+    buffer = bytearray(1 << 20)
+    while count := sock.recv_into(buffer):
+        total += count
+    return total
+
+
+async def test_large_socket_send_yields_and_can_be_cancelled() -> None:
+    """Fast path: a send_all() the socket kept accepting never yielded nor let a cancel in."""
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    reader = theirs.dup()  # drained by a thread, as fast as the kernel allows
+    reader.settimeout(HANG)
+    client = MemoryBIOStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+        client_context("1.3"),
+        server_hostname=HOSTNAME,
+    )
+    server = MemoryBIOStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(theirs)),
+        server_context("1.3"),
+        server_side=True,
+    )
+    payload = bytes(64 << 20)
+    scope = trio.CancelScope()
+    ticks = 0
+    sending = True
+    drained = 0
+
+    async def tick() -> None:  # cancels the send once the send has let it run 32 times
+        nonlocal ticks
+        while sending:
+            ticks += 1
+            if ticks == 32:
+                scope.cancel()
+            await trio.lowlevel.checkpoint()
+
+    async def drain(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        def run() -> int:
+            trio.from_thread.run_sync(task_status.started)
+            return read_until_eof(reader)
+
+        nonlocal drained
+        drained = await trio.to_thread.run_sync(run)
+
+    with reader, trio.fail_after(HANG):
+        try:
+            await handshake_both(client, server)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(drain)  # reading before the send starts
+                nursery.start_soon(tick)
+                with scope:
+                    await client.send_all(payload)
+                sending = False
+                await client.aclose()  # the reader sees the end
+        finally:
+            await aclose_all(client, server)
+    assert ticks >= 32
+    assert scope.cancelled_caught
+    assert drained < len(payload)  # the cancel stopped it well before the end

@@ -11,7 +11,14 @@ import trio.testing
 
 from trio_membio import MemoryBIOStream, NeedHandshakeError
 
-from .helpers import HOSTNAME, client_context, handshake_both, server_context, tls_pair
+from .helpers import (
+    HANG,
+    HOSTNAME,
+    client_context,
+    handshake_both,
+    server_context,
+    tls_pair,
+)
 
 AnyStream = MemoryBIOStream[trio.abc.Stream]
 
@@ -142,3 +149,21 @@ async def test_has_buffered_input_sees_what_the_transport_does_not() -> None:
     assert await client.receive_some() == b""
     assert client.has_buffered_input()  # the end is known: no request can follow
     await client.aclose()
+
+
+async def test_https_compatible_aclose_still_sends_held_session_tickets(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An https_compatible TLS 1.3 server that never wrote dropped its session tickets."""
+    with trio.fail_after(HANG):
+        client, server = tls_pair(version="1.3", https_compatible=True)
+        await handshake_both(client, server)
+        await client.send_all(b"request")
+        assert await server.receive_some() == b"request"
+        await server.aclose()
+        while await client.receive_some():
+            pass
+        session = client.session
+        assert session is not None
+        assert session.has_ticket, "the client got no resumable session"
+        await client.aclose()

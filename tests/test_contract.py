@@ -1,7 +1,11 @@
 """The behaviour contract (DESIGN.md section 3): one test per promise.
 
 Where trio.SSLStream behaves differently, the docstring says how; these tests
-fail on a MemoryBIOStream that behaved like it.
+fail on a MemoryBIOStream that behaved like it. A test that guards a fixed bug
+says in its docstring what used to happen; interleavings are forced with
+fault-injecting transports and wait_all_tasks_blocked, and what used to hang
+runs under trio.fail_after with the autojump clock, so a hang fails in
+virtual time.
 """
 
 from __future__ import annotations
@@ -13,19 +17,29 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
+from trio.testing import wait_all_tasks_blocked
 
 from trio_membio import MemoryBIOStream, TLSTruncationError
 from trio_membio._transport import SEND_WINDOW
 
 from .helpers import (
+    FORGED_RECORD,
+    HANG,
     HOSTNAME,
+    TLSVersion,
+    aclose_all,
+    cancellable,
     client_context,
+    expect_broken,
     handshake_both,
     handshaken_pair,
+    quietly,
+    receive_exactly,
     server_context,
     tls_pair,
 )
-from .transports import HalfWritingStream, RecordingStream
+from .peers import pha_streams
+from .transports import ControlledTransport, HalfWritingStream, RecordingStream
 
 AnyStream = MemoryBIOStream[trio.abc.Stream]
 
@@ -108,6 +122,40 @@ async def test_cancelled_driver_hands_handshake_to_a_waiter(
     await _check_data_flows(client, server)
 
 
+@pytest.mark.parametrize(("version", "end"), [("1.3", "client"), ("1.2", "server")])
+async def test_waiters_see_the_handshake_broken_when_its_final_flight_is_half_written(
+    version: TLSVersion, end: str, autojump_clock: trio.abc.Clock
+) -> None:
+    """Driver cancelled in its final flight: waiters saw success or hung in receive_some()."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        if end == "client":  # TLS 1.3: the client's Finished ends the handshake
+            transport = ControlledTransport(client_transport)
+            ours = MemoryBIOStream(transport, client_context(version), server_hostname=HOSTNAME)
+            peer = MemoryBIOStream(server_transport, server_context(version), server_side=True)
+        else:  # TLS 1.2: the server's ChangeCipherSpec and Finished end it
+            transport = ControlledTransport(server_transport)
+            ours = MemoryBIOStream(transport, server_context(version), server_side=True)
+            peer = MemoryBIOStream(
+                client_transport, client_context(version), server_hostname=HOSTNAME
+            )
+        transport.half_write_at = 2  # our second flight, the final one
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(quietly, peer.do_handshake)
+            driver = trio.CancelScope()
+            nursery.start_soon(cancellable, driver, ours.do_handshake)
+            await wait_all_tasks_blocked()
+            assert transport.sends == 2  # half of the final flight is out, the rest hangs
+            assert ours.ssl_object.version() is not None  # OpenSSL considers it done
+            async with trio.open_nursery() as waiters:
+                waiters.start_soon(expect_broken, ours.do_handshake, "handshake was cancelled")
+                waiters.start_soon(expect_broken, ours.receive_some, "handshake was cancelled")
+                await wait_all_tasks_blocked()
+                driver.cancel()
+            nursery.cancel_scope.cancel()
+        await aclose_all(ours, peer)
+
+
 # --------------------------------------------------------- 2. cancelled handshake
 
 
@@ -139,6 +187,69 @@ async def test_handshake_cancelled_while_half_written_breaks_with_reason(
     await server_transport.aclose()
 
 
+async def test_half_written_handshake_flight_breaks_the_whole_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A lane holder cancelled mid-ClientHello broke only sending; the handshake then hung."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        transport = ControlledTransport(client_transport)
+        transport.wait_gate = trio.Event()
+        transport.half_write_at = 1  # the ClientHello
+        client = MemoryBIOStream(transport, client_context("1.3"), server_hostname=HOSTNAME)
+        server = MemoryBIOStream(server_transport, server_context("1.3"), server_side=True)
+
+        async def drive_handshake() -> None:
+            with pytest.raises(trio.BrokenResourceError):
+                await client.do_handshake()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(quietly, server.do_handshake)
+            waiter = trio.CancelScope()
+            nursery.start_soon(cancellable, waiter, client.wait_send_all_might_not_block)
+            await wait_all_tasks_blocked()  # the waiter holds the send lane
+            nursery.start_soon(drive_handshake)
+            await wait_all_tasks_blocked()  # the ClientHello is queued behind the waiter
+            transport.wait_gate.set()
+            await wait_all_tasks_blocked()  # the waiter wrote half of the ClientHello
+            assert transport.sends == 1
+            waiter.cancel()
+            await wait_all_tasks_blocked()
+            await expect_broken(client.do_handshake, "handshake was cancelled")
+            await expect_broken(client.receive_some, "handshake was cancelled")
+            nursery.cancel_scope.cancel()
+        await aclose_all(client, server)
+
+
+async def test_failed_handshake_send_breaks_the_whole_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A transport send failure in the handshake broke only sending; do_handshake() then hung."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        pump = client_transport.send_stream.send_all_hook
+        assert pump is not None
+        sends = 0
+
+        async def fail_first_send() -> None:
+            nonlocal sends
+            sends += 1
+            if sends == 1:
+                raise trio.BrokenResourceError("transient send failure")
+            await pump()
+
+        client_transport.send_stream.send_all_hook = fail_first_send
+        client, server = tls_pair(lambda: (client_transport, server_transport), version="1.3")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(quietly, server.do_handshake)
+            with pytest.raises(trio.BrokenResourceError, match="transient send failure"):
+                await client.do_handshake()
+            await expect_broken(client.do_handshake, "transient send failure")
+            await expect_broken(client.receive_some, "transient send failure")
+            nursery.cancel_scope.cancel()
+        await aclose_all(client, server)
+
+
 # ------------------------------------------------------------ 3. send direction
 
 
@@ -159,6 +270,29 @@ async def test_cancelled_send_breaks_only_the_sending_direction(
         assert await client.receive_some() == b"still here"
     await client.aclose()
     await server.aclose()
+
+
+async def test_failed_wait_send_all_might_not_block_breaks_only_sending(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A transport failure in wait_send_all_might_not_block() broke receiving too."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        client, server = tls_pair(lambda: (client_transport, server_transport), version="1.3")
+        await handshake_both(client, server)
+        await server.send_all(b"already on its way")
+
+        async def broken() -> None:
+            raise trio.BrokenResourceError("send side reset")
+
+        client_transport.send_stream.wait_send_all_might_not_block_hook = broken
+        client_transport.send_stream.send_all_hook = broken
+        with pytest.raises(trio.BrokenResourceError, match="send side reset"):
+            await client.wait_send_all_might_not_block()
+        assert await client.receive_some() == b"already on its way"
+        with pytest.raises(trio.BrokenResourceError, match="send side reset"):
+            await client.send_all(b"x")
+        await aclose_all(client, server)
 
 
 # ------------------------------------------------------------------- 4. aclose
@@ -349,6 +483,76 @@ async def test_receive_some_returns_every_buffered_record() -> None:
     await client.send_all(b"s" * 40000)
     assert await server.receive_some(1000) == b"s" * 1000  # max_bytes still rules
     assert len(await server.receive_some()) == 39000
+
+
+async def test_cancelled_receive_keeps_plaintext_while_answering_the_peer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """receive_some() cancelled while sending a PHA reply dropped the plaintext it decrypted."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        transport = ControlledTransport(client_transport)
+        client, server = pha_streams(transport, server_transport)
+        await handshake_both(client, server)
+        server.ssl_object.verify_client_post_handshake()
+        await server.send_all(b"important-1")
+        await server.send_all(b"important-2")
+        transport.send_gate = trio.Event()  # the client's transport stops taking data
+        got: bytes | bytearray = b""
+        with trio.move_on_after(1):
+            got = await client.receive_some()  # must send the reply: it waits and is cancelled
+        transport.send_gate.set()
+        rest = await receive_exactly(client, len(b"important-1important-2") - len(got))
+        assert got + rest == b"important-1important-2"
+        await aclose_all(client, server)
+
+
+async def test_failed_send_of_a_receive_reply_keeps_plaintext(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A failed send of a PHA reply made receive_some() raise and drop the plaintext.
+
+    The plaintext comes first; then both directions report the failed send
+    (the peer waits for that reply: nothing more can be relied on).
+    """
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        client, server = pha_streams(client_transport, server_transport)
+        await handshake_both(client, server)
+        server.ssl_object.verify_client_post_handshake()
+        await server.send_all(b"record-1 ")
+        await server.send_all(b"record-2 ")
+
+        async def broken() -> None:
+            raise trio.BrokenResourceError("send side reset")
+
+        client_transport.send_stream.send_all_hook = broken
+        assert await receive_exactly(client, 18) == b"record-1 record-2 "
+        with pytest.raises(trio.BrokenResourceError, match="send side reset"):
+            await client.send_all(b"x")
+        with pytest.raises(trio.BrokenResourceError, match="send side reset"):
+            await client.receive_some()
+        await aclose_all(client, server)
+
+
+async def test_tls12_send_over_a_forged_record_keeps_earlier_plaintext(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """TLS 1.2 send_all() meeting a forged record lost the data set aside and the real error."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        client, server = tls_pair(lambda: (client_transport, server_transport), version="1.2")
+        await handshake_both(client, server)
+        await server.send_all(b"authentic")
+        await server_transport.send_all(FORGED_RECORD)
+        # Both records arrive in one transport read; only the first is decrypted.
+        assert await client.receive_some(1) == b"a"
+        with pytest.raises(trio.BrokenResourceError, match=r"(?i)bad record mac"):
+            await client.send_all(b"hello")  # sets the rest aside, then meets the forgery
+        assert await client.receive_some() == b"uthentic"
+        with pytest.raises(trio.BrokenResourceError, match=r"(?i)bad record mac"):
+            await client.receive_some()
+        await aclose_all(client, server)
 
 
 # ---------------------------------------------------------- 8. bounded send_all

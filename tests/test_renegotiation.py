@@ -15,6 +15,7 @@ latest handshake) changed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -24,18 +25,27 @@ from typing import TypeVar
 
 import pytest
 import trio
+import trio.testing
 from OpenSSL import SSL
+from trio.testing import wait_all_tasks_blocked
 
 from trio_membio import MemoryBIOStream
 from trio_membio._engine import TLSEngine
 
-from .helpers import HOSTNAME, receive_exactly
-from .peers import Role
+from .helpers import (
+    HANG,
+    HOSTNAME,
+    cancellable,
+    receive_exactly,
+    receive_forever,
+)
+from .peers import Role, renegotiation_in_progress
 
 # Re-exported (the "as" form) only because test_fault_model.py, which another
 # change owns, still imports the contexts from here; they live in peers.py.
 from .peers import pyopenssl_context as pyopenssl_context
 from .peers import trio_context as trio_context
+from .transports import opened
 
 R = TypeVar("R")
 Stream = MemoryBIOStream[trio.abc.Stream]
@@ -474,3 +484,75 @@ def test_write_sets_aside_the_rest_of_a_partly_read_record(tmp_path: Path) -> No
             to_server()
     else:
         raise AssertionError("the renegotiation did not finish")
+
+
+# -------------------- stepped by the test: a send cancelled mid-renegotiation
+
+
+async def test_send_cancelled_during_renegotiation_does_not_pin_its_bytes(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """send_all() cancelled mid-renegotiation pinned its bytes: later sends raised ValueError."""
+    with trio.fail_after(HANG):
+        client, peer = await renegotiation_in_progress(*trio.testing.memory_stream_pair(), tmp_path)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_forever, client, [])
+            await wait_all_tasks_blocked()  # it answered with a ClientHello
+            with trio.move_on_after(1) as scope:
+                await client.send_all(b"never sent")  # waits for the server's answer
+            assert scope.cancelled_caught
+            async with trio.open_nursery() as peer_side:
+                peer_side.start_soon(peer.receive_exactly, 10)
+                await client.send_all(b"later")
+                await client.send_all(b"later")
+            nursery.cancel_scope.cancel()
+        assert peer.received == b"laterlater"
+        assert peer.renegotiated
+        await client.aclose()
+
+
+async def test_send_cancelled_during_renegotiation_keeps_anothers_send_lane(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """send_all() cancelled mid-renegotiation freed a send lane another task held."""
+    with trio.fail_after(HANG):
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        pump = client_transport.send_stream.send_all_hook
+        assert pump is not None
+        gate = opened()
+
+        async def gated_pump() -> None:  # runs inside the memory stream's send_all
+            await gate.wait()
+            await pump()
+
+        client_transport.send_stream.send_all_hook = gated_pump
+        client, peer = await renegotiation_in_progress(client_transport, server_transport, tmp_path)
+        ready = trio.Event()
+
+        async def wait_to_send() -> None:
+            await client.wait_send_all_might_not_block()
+            ready.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_forever, client, [])
+            await wait_all_tasks_blocked()  # it answered with a ClientHello
+            sender = trio.CancelScope()
+            nursery.start_soon(cancellable, sender, functools.partial(client.send_all, b"hello"))
+            await wait_all_tasks_blocked()  # the write waits for the renegotiation
+            gate = trio.Event()  # the client's transport now holds its sends
+            await peer.step()  # ServerHello .. ServerHelloDone
+            await wait_all_tasks_blocked()  # the reader holds the send lane, stuck answering
+            sender.cancel()
+            await wait_all_tasks_blocked()
+            nursery.start_soon(wait_to_send)
+            await wait_all_tasks_blocked()
+            assert not ready.is_set()  # it waits for the reader's send...
+            gate.set()
+            await ready.wait()  # ...and then goes ahead, without BusyResourceError
+            async with trio.open_nursery() as peer_side:
+                peer_side.start_soon(peer.receive_exactly, 5)
+                await client.send_all(b"after")
+            nursery.cancel_scope.cancel()
+        assert peer.received == b"after"
+        assert peer.renegotiated
+        await client.aclose()

@@ -150,3 +150,46 @@ class DroppingReceiveStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         self.closed = True
         await self.inner.aclose()
+
+
+class ControlledTransport(trio.abc.HalfCloseableStream):
+    """Wraps a stream; the test decides when its sends and waits proceed.
+
+    ``wait_gate`` holds wait_send_all_might_not_block(), ``send_gate`` holds
+    send_all() before it delivers anything, and send_all() number
+    ``half_write_at`` (counting from 1) delivers half of its data, then hangs.
+    """
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+        self.wait_gate = opened()
+        self.send_gate = opened()
+        self.half_write_at: int | None = None
+        self.sends = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sends += 1
+        await self.send_gate.wait()
+        if self.sends == self.half_write_at:
+            await self.inner.send_all(data[: len(data) // 2])
+            await trio.sleep_forever()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.wait_gate.wait()
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def opened() -> trio.Event:
+    event = trio.Event()
+    event.set()
+    return event
