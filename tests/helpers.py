@@ -131,3 +131,12 @@ async def expect_broken(operation: Operation, match: str) -> None:
 async def aclose_all(*streams: trio.abc.AsyncResource) -> None:
     for stream in streams:
         await stream.aclose()
+
+
+def untrusting_client_context() -> ssl.SSLContext:
+    """A client context that does not trust the test CA."""
+    return ssl.create_default_context(cadata=_other_ca_pem())
+
+
+def _other_ca_pem() -> str:
+    return trustme.CA().cert_pem.bytes().decode()
