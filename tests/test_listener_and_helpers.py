@@ -128,3 +128,24 @@ async def test_serve_rejects_a_bad_handshake_timeout_before_listening(timeout: f
         await serve_tls_over_tcp(
             handler, 0, server_context(), host="127.0.0.1", handshake_timeout=timeout
         )
+
+
+async def test_open_listeners_carry_the_serving_policy() -> None:
+    def hook(stream: MemoryBIOStream[trio.SocketStream], error: Exception) -> None:
+        raise AssertionError("not called: nothing is served")
+
+    listeners = await open_tls_over_tcp_listeners(
+        0, server_context(), host="127.0.0.1", handshake_timeout=None, on_handshake_error=hook
+    )
+    for listener in listeners:
+        assert listener.handshake_timeout is None
+        assert listener.on_handshake_error is hook
+        await listener.aclose()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+async def test_open_listeners_rejects_a_bad_handshake_timeout(timeout: float) -> None:
+    with pytest.raises(ValueError, match="handshake_timeout"):
+        await open_tls_over_tcp_listeners(
+            0, server_context(), host="127.0.0.1", handshake_timeout=timeout
+        )

@@ -6,21 +6,25 @@ by renaming the function. As with trio's, the default client context refuses
 to ignore a missing close_notify. What they add: the server runs every
 handshake under a deadline before calling the handler, so a client that
 connects and never speaks costs one socket for at most ``handshake_timeout``
-seconds and never stops the server.
+seconds and never stops the server. The handshake policy (deadline, logging,
+error hook, close) is the listener's (``_listener.handshake_or_close``), so
+``serve_tls_over_tcp`` and ``MemoryBIOListener.serve`` cannot drift apart.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import trio
 
-from ._errors import clean_openssl_text
-from ._listener import MemoryBIOListener
+from ._listener import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    MemoryBIOListener,
+    check_handshake_timeout,
+    handshake_or_close,
+)
 from ._stream import MemoryBIOStream
 
 __all__ = [
@@ -30,11 +34,6 @@ __all__ = [
     "open_tls_over_tcp_stream",
     "serve_tls_over_tcp",
 ]
-
-logger = logging.getLogger("trio_membio")
-
-#: Seconds a served connection may take to finish its TLS handshake.
-DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 
 TLSStream = MemoryBIOStream[trio.SocketStream]
 
@@ -103,11 +102,32 @@ async def open_tls_over_tcp_listeners(
     host: str | bytes | None = None,
     https_compatible: bool = False,
     backlog: int | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    on_handshake_error: (
+        Callable[[TLSStream, trio.BrokenResourceError | trio.TooSlowError], object] | None
+    ) = None,
 ) -> list[MemoryBIOListener[trio.SocketStream]]:
-    """Open TCP listeners on ``port`` and wrap each in a :class:`MemoryBIOListener`."""
+    """Open TCP listeners on ``port`` and wrap each in a :class:`MemoryBIOListener`.
+
+    ``handshake_timeout`` and ``on_handshake_error`` are given to each
+    listener (see :class:`MemoryBIOListener`: its :meth:`~MemoryBIOListener.serve`
+    applies them, its accept() does not).
+
+    Raises:
+        ValueError: ``handshake_timeout`` is negative or NaN (checked before
+            listening).
+        OSError: as :func:`trio.open_tcp_listeners` raises it.
+    """
+    check_handshake_timeout(handshake_timeout)
     tcp_listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     return [
-        MemoryBIOListener(listener, ssl_context, https_compatible=https_compatible)
+        MemoryBIOListener(
+            listener,
+            ssl_context,
+            https_compatible=https_compatible,
+            handshake_timeout=handshake_timeout,
+            on_handshake_error=on_handshake_error,
+        )
         for listener in tcp_listeners
     ]
 
@@ -122,6 +142,9 @@ async def serve_tls_over_tcp(
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    on_handshake_error: (
+        Callable[[TLSStream, trio.BrokenResourceError | trio.TooSlowError], object] | None
+    ) = None,
     task_status: trio.TaskStatus[list[MemoryBIOListener[trio.SocketStream]]] = (
         trio.TASK_STATUS_IGNORED
     ),
@@ -130,47 +153,38 @@ async def serve_tls_over_tcp(
 
     Each connection's handshake must finish within ``handshake_timeout``
     seconds (None: no limit) before ``handler`` is called with the stream. A
-    failed or timed-out handshake is logged on the ``trio_membio`` logger (a
-    failure's record carries the exception as ``tls_error``) and closes that
-    connection only. The stream is closed when the handler
-    returns. ``task_status.started`` gets the listeners (to learn the port
-    when ``port`` is 0).
+    failed or timed-out handshake closes that connection only, and is logged
+    on the ``trio_membio`` logger: at DEBUG for a client that connected and
+    left without sending a byte (a port probe or health check), else at
+    WARNING; the record carries the exception as ``tls_error``. Then
+    ``on_handshake_error`` is called with the stream and the exception, as
+    :class:`MemoryBIOListener` describes. The stream is closed when the
+    handler returns. ``task_status.started`` gets the listeners (to learn the
+    port when ``port`` is 0).
 
-    Runs until cancelled.
+    Runs until cancelled; every connection task is cancelled with it (with
+    ``handler_nursery``, they belong to that nursery instead).
 
     Raises:
         ValueError: ``handshake_timeout`` is negative or NaN (checked before
             listening, not when the first client connects).
+        OSError: the port could not be opened.
+        Exception: whatever ``handler`` or ``on_handshake_error`` raises, as
+            :func:`trio.serve_listeners` propagates it.
     """
-    if handshake_timeout is not None and not handshake_timeout >= 0:
-        raise ValueError(f"handshake_timeout must be >= 0 or None, not {handshake_timeout!r}")
     listeners = await open_tls_over_tcp_listeners(
-        port, ssl_context, host=host, https_compatible=https_compatible, backlog=backlog
+        port,
+        ssl_context,
+        host=host,
+        https_compatible=https_compatible,
+        backlog=backlog,
+        handshake_timeout=handshake_timeout,
+        on_handshake_error=on_handshake_error,
     )
-    deadline = math.inf if handshake_timeout is None else handshake_timeout
 
     async def handshake_then_handle(stream: TLSStream) -> None:
-        with trio.move_on_after(deadline) as scope:
-            try:
-                await stream.do_handshake()
-            except trio.BrokenResourceError as exc:
-                # Not "failed: TLS handshake failed: ...", nor OpenSSL's codes.
-                # Handlers that want the ssl error behind it find the
-                # exception in tls_error.
-                detail = clean_openssl_text(str(exc).removeprefix("TLS handshake failed: "))
-                logger.warning(
-                    "TLS handshake with %s failed: %s",
-                    _peer(stream),
-                    detail,
-                    extra={"tls_error": exc},
-                )
-                return
-        if scope.cancelled_caught:
-            logger.warning(
-                "TLS handshake with %s timed out after %s seconds", _peer(stream), handshake_timeout
-            )
-            return
-        await handler(stream)
+        if await handshake_or_close(stream, handshake_timeout, on_handshake_error):
+            await handler(stream)
 
     await trio.serve_listeners(
         handshake_then_handle,
@@ -178,13 +192,3 @@ async def serve_tls_over_tcp(
         handler_nursery=handler_nursery,
         task_status=task_status,
     )
-
-
-def _peer(stream: TLSStream) -> str:
-    try:
-        address = stream.transport_stream.socket.getpeername()
-    except OSError:
-        return "a peer that already left"
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
