@@ -1,9 +1,9 @@
 """httpx over MemoryBIOStream, against a tiny local HTTPS server.
 
-The client is an ``httpx.AsyncClient`` whose connection pool uses
-:class:`trio_membio.httpcore.MemoryBIOBackend`, so its TLS is done by
-``MemoryBIOStream`` (docs/httpx.md explains the one private attribute this
-needs). The server answers every request with a fixed response, over
+The client is an ``httpx.AsyncClient`` over
+:class:`trio_membio.httpx.MemoryBIOHTTPTransport`, so its TLS is done by
+``MemoryBIOStream`` (docs/httpx.md has the transport's options). The server
+answers every request with a fixed response, over
 :func:`trio_membio.serve_tls_over_tcp`. Needs the ``httpx`` and ``demo``
 extras: ``pip install 'trio-membio[httpx,demo]'``.
 
@@ -15,13 +15,12 @@ from __future__ import annotations
 import ssl
 from functools import partial
 
-import httpcore
 import httpx
 import trio
 import trustme
 
 from trio_membio import MemoryBIOListener, MemoryBIOStream, serve_tls_over_tcp
-from trio_membio.httpcore import MemoryBIOBackend
+from trio_membio.httpx import MemoryBIOHTTPTransport
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
@@ -47,12 +46,7 @@ async def answer(stream: MemoryBIOStream[trio.SocketStream]) -> None:
 
 def memorybio_client(context: ssl.SSLContext) -> httpx.AsyncClient:
     """An httpx client whose TLS is MemoryBIOStream (see docs/httpx.md)."""
-    transport = httpx.AsyncHTTPTransport()
-    transport._pool = httpcore.AsyncConnectionPool(  # private attribute: pin httpx
-        ssl_context=context,
-        network_backend=MemoryBIOBackend(),
-    )
-    return httpx.AsyncClient(transport=transport)
+    return httpx.AsyncClient(transport=MemoryBIOHTTPTransport(verify=context))
 
 
 async def main() -> None:
