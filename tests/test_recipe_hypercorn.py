@@ -32,16 +32,16 @@ from hypercorn.typing import (
 )
 
 from trio_membio import TraceEvent
-from trio_membio._trace import trace_logger
 from trio_membio.httpcore import MemoryBIOBackend
 from trio_membio.hypercorn import serve
 
 from .helpers import TLSVersion, client_context, server_cert
 
 trio_ssl_listener = trio.SSLListener
+#: The logger MemoryBIOStream traces to (its docstring: ``trace=``).
+TRACE_LOGGER = "trio_membio.trace"
 
 
-# --8<-- [start:app]
 async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     """A tiny ASGI app: says which scheme, HTTP version and path it served."""
     if scope["type"] == "lifespan":  # nothing to set up or tear down
@@ -59,9 +59,6 @@ async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     await send(start)
     end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
     await send(end)
-
-
-# --8<-- [end:app]
 
 
 def hypercorn_config(tmp_path: Path) -> Config:
@@ -167,7 +164,7 @@ async def test_the_server_side_is_memorybio(
     The client here is the standard library's, so the only MemoryBIOStreams
     in the process are the server's, and the trace records prove they exist.
     """
-    caplog.set_level(logging.DEBUG, logger=trace_logger.name)
+    caplog.set_level(logging.DEBUG, logger=TRACE_LOGGER)
     config = hypercorn_config(tmp_path)
     shutdown = trio.Event()
     with trio.fail_after(20):
@@ -187,7 +184,7 @@ async def test_the_server_side_is_memorybio(
     events = [
         event
         for record in caplog.records
-        if record.name == trace_logger.name and isinstance(record.args, tuple)
+        if record.name == TRACE_LOGGER and isinstance(record.args, tuple)
         for event in record.args
         if isinstance(event, TraceEvent)
     ]
