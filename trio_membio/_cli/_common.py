@@ -47,6 +47,7 @@ __all__ = [
     "Tracer",
     "UsageParser",
     "add_tls_options",
+    "apply_keylog",
     "check_tls_options",
     "describe_os_error",
     "describe_tls_failure",
@@ -177,6 +178,12 @@ def add_tls_options(parser: argparse.ArgumentParser) -> None:
     versions.add_argument(
         "--tls1.3", dest="tls_version", action="store_const", const="1.3", help="only TLS 1.3"
     )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append the TLS secrets to FILE (NSS key log format, for Wireshark); "
+        "default: the SSLKEYLOGFILE environment variable",
+    )
     add_trace_option(parser)
 
 
@@ -209,6 +216,36 @@ def pin_version(context: ssl.SSLContext, version: str | None) -> None:
     """Allow only TLS ``version`` ("1.2" or "1.3"); None leaves the defaults."""
     if version is not None:
         context.minimum_version = context.maximum_version = _VERSIONS[version]
+
+
+def apply_keylog(context: ssl.SSLContext, keylog: str | None, console: Console) -> None:
+    """Log the TLS secrets of ``context``'s connections to ``--keylog`` or SSLKEYLOGFILE.
+
+    ``--keylog`` wins; else SSLKEYLOGFILE is honoured as
+    :func:`ssl.create_default_context` honours it (set and not empty, and
+    Python not run with -E), since the command line builds its contexts
+    without that function. OpenSSL appends one line per secret, in the NSS
+    key log format Wireshark reads. Whoever can read the file can decrypt
+    every logged connection, so a note on stderr says where it goes.
+    Raises CLIError if the file cannot be opened for appending.
+    """
+    source = "--keylog"
+    path = keylog
+    if path is None and not sys.flags.ignore_environment:
+        path = os.environ.get("SSLKEYLOGFILE") or None
+        source = "SSLKEYLOGFILE"
+    if path is None:
+        return
+    try:
+        context.keylog_filename = path
+    except OSError as exc:
+        raise CLIError(
+            f"cannot write the TLS key log {source} {path}: {describe_os_error(exc)}"
+        ) from None
+    console.note(
+        f"logging TLS secrets to {path} ({source}); "
+        "anyone with that file can decrypt these connections"
+    )
 
 
 def load_cert_chain(context: ssl.SSLContext, cert: str, key: str) -> None:

@@ -47,6 +47,7 @@ from ._common import (
     Console,
     Tracer,
     add_tls_options,
+    apply_keylog,
     check_tls_options,
     describe_os_error,
     describe_tls_failure,
@@ -131,6 +132,7 @@ async def run(
     host, port = arguments.address
     shown = show_address(host, port)
     context = _client_context(arguments)
+    apply_keylog(context, arguments.keylog, console)
     tcp = await _open_tcp(host, port, shown, arguments.timeout)
     stream = MemoryBIOStream(
         tcp,

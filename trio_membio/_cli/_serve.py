@@ -56,6 +56,7 @@ from ._common import (
     Console,
     Tracer,
     add_tls_options,
+    apply_keylog,
     check_tls_options,
     describe_os_error,
     describe_tls_failure,
@@ -144,6 +145,7 @@ async def run(
     """Run the server until SIGINT/SIGTERM (or cancellation); return 0."""
     with contextlib.ExitStack() as cleanup:
         context = _server_context(arguments, console, cleanup)
+        apply_keylog(context, arguments.keylog, console)
         labels = _ConnectionLabels()
         cleanup.enter_context(_log_to(console, labels, trace=arguments.trace))
         mode: str = arguments.mode
