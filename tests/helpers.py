@@ -1,4 +1,10 @@
-"""Shared test helpers: certificates, contexts, reading a stream, and driving racing tasks."""
+"""Shared test helpers: certificates, contexts, reading a stream, and driving racing tasks.
+
+trio_membio.testing comes first: its pairs and its handshake are what tests
+use over trio's memory and lockstep transports. What is here, it does not
+offer: a trustme CA (PEM files, client certificates), contexts from it,
+pairs over transports a test builds itself, and helpers for racing tasks.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import cache
-from typing import Literal
 
 import pytest
 import trio
@@ -14,9 +19,11 @@ import trio.testing
 import trustme
 
 from trio_membio import MemoryBIOStream
+from trio_membio.testing import DEFAULT_HOSTNAME, handshake
+from trio_membio.testing import TLSVersion as TLSVersion
 
-TLSVersion = Literal["1.2", "1.3"]
-HOSTNAME = "tls.example.org"
+# The name the test CA's server certificate and the kit's pairs are issued for.
+HOSTNAME = DEFAULT_HOSTNAME
 
 Operation = Callable[[], Awaitable[object]]
 HANG = 10.0  # seconds (virtual, under the autojump clock) after which a wait is a hang
@@ -65,7 +72,14 @@ def tls_pair(
     client_ctx: ssl.SSLContext | None = None,
     server_ctx: ssl.SSLContext | None = None,
 ) -> StreamPair:
-    """A (client, server) pair over a fresh transport pair; no handshake yet."""
+    """A (client, server) pair over the given transports, with the test CA's contexts.
+
+    Over trio's memory or lockstep transports, use the kit's
+    memory_tls_stream_pair / lockstep_tls_stream_pair instead; this is for
+    what they cannot take: transports a test controls or breaks, sockets,
+    and the trustme CA that client certificates and PEM files need.
+    No handshake yet.
+    """
     client_transport, server_transport = transport_pair()
     client = MemoryBIOStream(
         client_transport,
@@ -82,17 +96,14 @@ def tls_pair(
     return client, server
 
 
-async def handshake_both(
-    client: MemoryBIOStream[trio.abc.Stream], server: MemoryBIOStream[trio.abc.Stream]
-) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client.do_handshake)
-        nursery.start_soon(server.do_handshake)
+# The kit's handshake under its old name here, for the modules that still use it.
+handshake_both = handshake
 
 
 async def handshaken_pair(**kwargs: object) -> StreamPair:
+    """:func:`tls_pair`, handshaken with the kit's :func:`~trio_membio.testing.handshake`."""
     client, server = tls_pair(**kwargs)  # type: ignore[arg-type]  # forwarded keywords
-    await handshake_both(client, server)
+    await handshake(client, server)
     return client, server
 
 

@@ -21,6 +21,7 @@ import trio.testing
 from trio.testing import assert_checkpoints, wait_all_tasks_blocked
 
 from trio_membio import MemoryBIOStream
+from trio_membio.testing import handshake
 
 from .helpers import (
     FORGED_RECORD,
@@ -30,7 +31,6 @@ from .helpers import (
     cancellable,
     client_context,
     expect_broken,
-    handshake_both,
     quietly,
     receive_forever,
     server_context,
@@ -176,7 +176,7 @@ async def test_send_all_cancelled_anywhere(autojump_clock: trio.abc.Clock) -> No
         lambda client: client.send_all(b"d" * 300_000),
         check,
         peer=peer_handshake_then_drain,
-        prepare=handshake_both,
+        prepare=handshake,
     )
     assert len(seen) >= 4  # 300 kB goes out a window at a time
 
@@ -205,7 +205,7 @@ async def test_send_all_before_handshake_cancelled_anywhere(
 
 async def test_receive_some_cancelled_anywhere(autojump_clock: trio.abc.Clock) -> None:
     async def prepare(client: AnyStream, server: AnyStream) -> None:
-        await handshake_both(client, server)
+        await handshake(client, server)
         await server.send_all(b"payload")
 
     async def check(client: AnyStream, server: AnyStream, where: str) -> None:
@@ -230,7 +230,7 @@ async def test_wait_send_all_might_not_block_cancelled(autojump_clock: trio.abc.
         lambda client: client.wait_send_all_might_not_block(),
         check,
         peer=peer_handshake_then_echo,
-        prepare=handshake_both,
+        prepare=handshake,
     )
     assert seen == ["wait"]
 
@@ -251,7 +251,7 @@ async def test_send_eof_cancelled_anywhere(autojump_clock: trio.abc.Clock) -> No
         lambda client: client.send_eof(),
         check,
         peer=peer_handshake_then_drain,
-        prepare=handshake_both,
+        prepare=handshake,
     )
     assert seen == ["send"]
 
@@ -267,7 +267,7 @@ async def test_aclose_cancelled_anywhere_still_closes(autojump_clock: trio.abc.C
         lambda client: client.aclose(),
         check,
         peer=peer_handshake_then_drain,
-        prepare=handshake_both,
+        prepare=handshake,
     )
     assert seen == ["send"]
 
@@ -282,7 +282,7 @@ async def test_unwrap_cancelled_anywhere(autojump_clock: trio.abc.Clock) -> None
                 await client.unwrap()
 
     seen = await cancel_at_every_operation(
-        lambda client: client.unwrap(), check, peer=peer_unwrap, prepare=handshake_both
+        lambda client: client.unwrap(), check, peer=peer_unwrap, prepare=handshake
     )
     assert seen == ["send", "receive"]
 
@@ -298,7 +298,7 @@ async def test_cancelled_lane_holder_sends_a_reply_queued_behind_it(
         client_transport, server_transport = trio.testing.memory_stream_pair()
         transport = ControlledTransport(client_transport)
         client, server = pha_streams(transport, server_transport)
-        await handshake_both(client, server)
+        await handshake(client, server)
         transport.wait_gate = trio.Event()
         received: list[bytes] = []
         async with trio.open_nursery() as nursery:
@@ -327,7 +327,7 @@ async def test_cancelled_lane_holder_sends_a_fatal_alert_queued_behind_it(
         client_transport, server_transport = trio.testing.memory_stream_pair()
         transport = ControlledTransport(client_transport)
         client, server = tls_pair(lambda: (transport, server_transport), version="1.3")
-        await handshake_both(client, server)
+        await handshake(client, server)
         transport.wait_gate = trio.Event()
         async with trio.open_nursery() as nursery:
             holder = trio.CancelScope()
@@ -376,7 +376,7 @@ async def test_every_method_is_a_checkpoint() -> None:
 
 async def test_unwrap_is_a_checkpoint() -> None:
     client, server, _ = recorded_pair()
-    await handshake_both(client, server)
+    await handshake(client, server)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(peer_unwrap, server)
         with assert_checkpoints():
@@ -385,7 +385,7 @@ async def test_unwrap_is_a_checkpoint() -> None:
 
 async def test_cancelled_before_starting_loses_nothing() -> None:
     client, server, recording = recorded_pair()
-    await handshake_both(client, server)
+    await handshake(client, server)
     await server.send_all(b"kept")
     before = len(recording.operations)
     with trio.CancelScope() as scope:
@@ -455,7 +455,7 @@ async def test_large_socket_send_yields_and_can_be_cancelled() -> None:
 
     with reader, trio.fail_after(HANG):
         try:
-            await handshake_both(client, server)
+            await handshake(client, server)
             async with trio.open_nursery() as nursery:
                 await nursery.start(drain)  # reading before the send starts
                 nursery.start_soon(tick)

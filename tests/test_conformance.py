@@ -6,21 +6,23 @@ import pytest
 import trio
 import trio.testing
 
-from .helpers import StreamPair, TLSVersion, handshake_both, tls_pair
+from trio_membio.testing import handshake, lockstep_tls_stream_pair, memory_tls_stream_pair
+
+from .helpers import StreamPair, TLSVersion, tls_pair
 
 pytestmark = pytest.mark.parametrize("https_compatible", [False, True], ids=["strict", "https"])
 
 
 def _makers(version: TLSVersion, https_compatible: bool) -> tuple[object, object]:
     async def stream_maker() -> StreamPair:
-        return tls_pair(version=version, https_compatible=https_compatible)
+        return memory_tls_stream_pair(tls_version=version, https_compatible=https_compatible)
 
     async def clogged_stream_maker() -> StreamPair:
-        client, server = tls_pair(
-            trio.testing.lockstep_stream_pair, version=version, https_compatible=https_compatible
+        client, server = lockstep_tls_stream_pair(
+            tls_version=version, https_compatible=https_compatible
         )
         # Handshake first, so that "clogged" means the data path is clogged.
-        await handshake_both(client, server)
+        await handshake(client, server)
         return client, server
 
     return stream_maker, clogged_stream_maker

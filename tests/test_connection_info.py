@@ -10,12 +10,12 @@ import trio
 import trio.testing
 
 from trio_membio import MemoryBIOStream, NeedHandshakeError
+from trio_membio.testing import handshake, memory_tls_stream_pair
 
 from .helpers import (
     HANG,
     HOSTNAME,
     client_context,
-    handshake_both,
     server_context,
     tls_pair,
 )
@@ -34,14 +34,14 @@ BEFORE_HANDSHAKE: dict[str, Callable[[AnyStream], object]] = {
 
 @pytest.mark.parametrize("name", sorted(BEFORE_HANDSHAKE))
 def test_handshake_results_need_the_handshake(name: str) -> None:
-    client, _ = tls_pair()
+    client, _ = memory_tls_stream_pair()
     with pytest.raises(NeedHandshakeError, match="do_handshake"):
         BEFORE_HANDSHAKE[name](client)
     assert issubclass(NeedHandshakeError, trio.NeedHandshakeError)
 
 
 def test_attributes_available_at_once() -> None:
-    client, server = tls_pair()
+    client, server = memory_tls_stream_pair()
     assert client.server_side is False
     assert server.server_side is True
     assert client.server_hostname == HOSTNAME
@@ -58,8 +58,8 @@ async def test_connection_info_after_handshake(version: str) -> None:
     client_ctx = client_context(version)  # type: ignore[arg-type]
     server_ctx.set_alpn_protocols(["h2", "http/1.1"])
     client_ctx.set_alpn_protocols(["http/1.1"])
-    client, server = tls_pair(client_ctx=client_ctx, server_ctx=server_ctx)
-    await handshake_both(client, server)
+    client, server = memory_tls_stream_pair(client_context=client_ctx, server_context=server_ctx)
+    await handshake(client, server)
     assert client.version() == server.version() == f"TLSv{version}"
     cipher = client.cipher()
     assert cipher is not None
@@ -82,8 +82,10 @@ async def test_session_resumption(version: str) -> None:
     # One server context for both connections: it holds the ticket keys.
     server_ctx = server_context(version)  # type: ignore[arg-type]
     client_ctx = client_context(version)  # type: ignore[arg-type]
-    first_client, first_server = tls_pair(client_ctx=client_ctx, server_ctx=server_ctx)
-    await handshake_both(first_client, first_server)
+    first_client, first_server = memory_tls_stream_pair(
+        client_context=client_ctx, server_context=server_ctx
+    )
+    await handshake(first_client, first_server)
     # On TLS 1.3 the ticket arrives with the server's first data (the engine
     # holds it back until then), so exchange some.
     await first_server.send_all(b"hello")
@@ -99,7 +101,7 @@ async def test_session_resumption(version: str) -> None:
         client_transport, client_ctx, server_hostname=HOSTNAME, session=session
     )
     second_server = MemoryBIOStream(server_transport, server_ctx, server_side=True)
-    await handshake_both(second_client, second_server)
+    await handshake(second_client, second_server)
     assert second_client.session_reused
     assert second_server.session_reused
 
@@ -108,7 +110,7 @@ async def test_session_resumption(version: str) -> None:
     third_client = MemoryBIOStream(client_transport, client_ctx, server_hostname=HOSTNAME)
     third_client.session = session
     third_server = MemoryBIOStream(server_transport, server_ctx, server_side=True)
-    await handshake_both(third_client, third_server)
+    await handshake(third_client, third_server)
     assert third_client.session_reused
 
 
@@ -135,8 +137,8 @@ async def _expect_broken(stream: AnyStream) -> None:
 
 
 async def test_has_buffered_input_sees_what_the_transport_does_not() -> None:
-    client, server = tls_pair()
-    await handshake_both(client, server)
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
     await server.send_all(b"hello")
     assert await client.receive_some() == b"hello"
     assert not client.has_buffered_input()
@@ -157,7 +159,7 @@ async def test_https_compatible_aclose_still_sends_held_session_tickets(
     """An https_compatible TLS 1.3 server that never wrote dropped its session tickets."""
     with trio.fail_after(HANG):
         client, server = tls_pair(version="1.3", https_compatible=True)
-        await handshake_both(client, server)
+        await handshake(client, server)
         await client.send_all(b"request")
         assert await server.receive_some() == b"request"
         await server.aclose()

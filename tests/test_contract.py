@@ -21,6 +21,7 @@ import trio.testing
 
 from trio_membio import MemoryBIOStream, TLSTruncationError
 from trio_membio._transport import SEND_WINDOW
+from trio_membio.testing import handshake, lockstep_tls_stream_pair, memory_tls_stream_pair
 
 from .helpers import (
     FORGED_RECORD,
@@ -28,8 +29,6 @@ from .helpers import (
     HOSTNAME,
     aclose_all,
     client_context,
-    handshake_both,
-    handshaken_pair,
     receive_exactly,
     server_context,
     tls_pair,
@@ -48,8 +47,8 @@ async def test_cancelled_send_breaks_only_the_sending_direction(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """trio.SSLStream: the whole stream is broken (trio issue #198)."""
-    client, server = tls_pair(trio.testing.lockstep_stream_pair)
-    await handshake_both(client, server)
+    client, server = lockstep_tls_stream_pair()
+    await handshake(client, server)
     with trio.move_on_after(1) as scope:
         await client.send_all(b"x" * 100_000)  # the server is not reading
     assert scope.cancelled_caught
@@ -70,7 +69,7 @@ async def test_failed_wait_send_all_might_not_block_breaks_only_sending(
     with trio.fail_after(HANG):
         client_transport, server_transport = trio.testing.memory_stream_pair()
         client, server = tls_pair(lambda: (client_transport, server_transport), version="1.3")
-        await handshake_both(client, server)
+        await handshake(client, server)
         await server.send_all(b"already on its way")
 
         async def broken() -> None:
@@ -91,7 +90,7 @@ async def test_failed_wait_send_all_might_not_block_breaks_only_sending(
 
 async def test_aclose_does_not_wait_for_a_handshaking_task(autojump_clock: trio.abc.Clock) -> None:
     """trio.SSLStream: aclose waits for the handshake, possibly forever."""
-    client, server = tls_pair()
+    client, server = memory_tls_stream_pair()
     woke_with: list[type[BaseException]] = []
 
     async def handshake() -> None:
@@ -120,8 +119,8 @@ async def test_aclose_does_not_wait_for_a_handshaking_task(autojump_clock: trio.
 
 async def test_aclose_does_not_wait_for_a_blocked_sender(autojump_clock: trio.abc.Clock) -> None:
     """trio.SSLStream: aclose queues behind the blocked send_all forever."""
-    client, server = tls_pair(trio.testing.lockstep_stream_pair)
-    await handshake_both(client, server)
+    client, server = lockstep_tls_stream_pair()
+    await handshake(client, server)
     async with trio.open_nursery() as nursery:
 
         async def blocked_sender() -> None:
@@ -139,7 +138,8 @@ async def test_aclose_does_not_wait_for_a_blocked_sender(autojump_clock: trio.ab
 async def test_aclose_sends_close_notify_once_without_waiting_for_reply(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = await handshaken_pair()
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
     transport = client.transport_stream
     before = trio.current_time()
     await client.aclose()
@@ -158,8 +158,8 @@ async def test_aclose_sends_close_notify_once_without_waiting_for_reply(
 async def test_aclose_bounded_when_the_transport_never_takes_close_notify(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = tls_pair(trio.testing.lockstep_stream_pair)
-    await handshake_both(client, server)
+    client, server = lockstep_tls_stream_pair()
+    await handshake(client, server)
     before = trio.current_time()
     await client.aclose()  # the server never reads, so close_notify cannot go out
     assert trio.current_time() - before <= 1.0
@@ -167,7 +167,8 @@ async def test_aclose_bounded_when_the_transport_never_takes_close_notify(
 
 
 async def test_cancelled_aclose_still_closes_the_transport() -> None:
-    client, server = await handshaken_pair()
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
     with trio.CancelScope() as scope:
         scope.cancel()
         await client.aclose()
@@ -183,7 +184,7 @@ async def test_cancelled_aclose_still_closes_the_transport() -> None:
 
 async def test_local_failure_sends_the_fatal_alert_first(autojump_clock: trio.abc.Clock) -> None:
     """trio.SSLStream drops the alert; the peer learns nothing until EOF."""
-    client, server = tls_pair(client_ctx=untrusting_client_context())
+    client, server = memory_tls_stream_pair(client_context=untrusting_client_context())
     with trio.fail_after(10):  # without the alert, the server would wait forever
         await _handshakes_fail_with_the_alert(client, server)
     await client.aclose()
@@ -215,7 +216,8 @@ async def _handshakes_fail_with_the_alert(client: AnyStream, server: AnyStream) 
 
 
 async def test_send_eof_tls13_keeps_receiving() -> None:
-    client, server = await handshaken_pair(version="1.3")
+    client, server = memory_tls_stream_pair(tls_version="1.3")
+    await handshake(client, server)
     await client.send_all(b"request")
     await client.send_eof()
     assert await server.receive_some() == b"request"
@@ -231,7 +233,8 @@ async def test_send_eof_tls13_keeps_receiving() -> None:
 
 
 async def test_send_eof_with_unread_data_loses_nothing() -> None:
-    client, server = await handshaken_pair(version="1.3")
+    client, server = memory_tls_stream_pair(tls_version="1.3")
+    await handshake(client, server)
     await server.send_all(b"first part, ")
     await server.send_all(b"second part")
     assert await client.receive_some(5) == b"first"  # the rest stays buffered
@@ -248,7 +251,8 @@ async def test_send_eof_with_unread_data_loses_nothing() -> None:
 async def test_send_eof_half_closes_tls12_too() -> None:
     # Generic HalfCloseableStream code must work whatever version the peer
     # chose; an OpenSSL peer keeps sending after our close_notify.
-    client, server = await handshaken_pair(version="1.2")
+    client, server = memory_tls_stream_pair(tls_version="1.2")
+    await handshake(client, server)
     assert client.version() == "TLSv1.2"
     await client.send_eof()
     assert await server.receive_some() == b""
@@ -266,7 +270,8 @@ async def test_send_eof_half_closes_tls12_too() -> None:
 
 async def test_receive_some_returns_every_buffered_record() -> None:
     """trio.SSLStream returns one record (at most 16 KiB) per call."""
-    client, server = await handshaken_pair()
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
     for _ in range(4):
         await client.send_all(b"r" * 16384)  # four full records
     data = await server.receive_some()
@@ -284,7 +289,7 @@ async def test_cancelled_receive_keeps_plaintext_while_answering_the_peer(
         client_transport, server_transport = trio.testing.memory_stream_pair()
         transport = ControlledTransport(client_transport)
         client, server = pha_streams(transport, server_transport)
-        await handshake_both(client, server)
+        await handshake(client, server)
         server.ssl_object.verify_client_post_handshake()
         await server.send_all(b"important-1")
         await server.send_all(b"important-2")
@@ -309,7 +314,7 @@ async def test_failed_send_of_a_receive_reply_keeps_plaintext(
     with trio.fail_after(HANG):
         client_transport, server_transport = trio.testing.memory_stream_pair()
         client, server = pha_streams(client_transport, server_transport)
-        await handshake_both(client, server)
+        await handshake(client, server)
         server.ssl_object.verify_client_post_handshake()
         await server.send_all(b"record-1 ")
         await server.send_all(b"record-2 ")
@@ -333,7 +338,7 @@ async def test_tls12_send_over_a_forged_record_keeps_earlier_plaintext(
     with trio.fail_after(HANG):
         client_transport, server_transport = trio.testing.memory_stream_pair()
         client, server = tls_pair(lambda: (client_transport, server_transport), version="1.2")
-        await handshake_both(client, server)
+        await handshake(client, server)
         await server.send_all(b"authentic")
         await server_transport.send_all(FORGED_RECORD)
         # Both records arrive in one transport read; only the first is decrypted.
@@ -354,7 +359,7 @@ async def test_send_all_memory_is_bounded(autojump_clock: trio.abc.Clock) -> Non
     recording = RecordingStream(client_transport)
     client = MemoryBIOStream(recording, client_context(), server_hostname=HOSTNAME)
     server = MemoryBIOStream(server_transport, server_context(), server_side=True)
-    await handshake_both(client, server)
+    await handshake(client, server)
     payload = bytes(16 * 1024 * 1024)
     received = 0
 
@@ -396,7 +401,8 @@ async def test_send_all_memory_is_bounded(autojump_clock: trio.abc.Clock) -> Non
 
 @pytest.mark.parametrize("https_compatible", [False, True])
 async def test_transport_eof_without_close_notify(https_compatible: bool) -> None:
-    client, server = await handshaken_pair(https_compatible=https_compatible)
+    client, server = memory_tls_stream_pair(https_compatible=https_compatible)
+    await handshake(client, server)
     await server.send_all(b"partial")
     await server.transport_stream.aclose()  # no close_notify
     assert await client.receive_some() == b"partial"
@@ -412,7 +418,7 @@ async def test_transport_eof_without_close_notify(https_compatible: bool) -> Non
 
 @pytest.mark.parametrize("https_compatible", [False, True])
 async def test_transport_eof_during_handshake(https_compatible: bool) -> None:
-    client, server = tls_pair(https_compatible=https_compatible)
+    client, server = memory_tls_stream_pair(https_compatible=https_compatible)
     await client.transport_stream.aclose()  # before sending a ClientHello
     if https_compatible:
         assert await server.receive_some() == b""  # trio.SSLStream's policy
@@ -436,7 +442,7 @@ async def test_corrupted_record_raises_and_alerts(
     recording = RecordingStream(client_transport)
     client = MemoryBIOStream(recording, client_context(), server_hostname=HOSTNAME)
     server = MemoryBIOStream(server_transport, server_context(), server_side=True)
-    await handshake_both(client, server)
+    await handshake(client, server)
     recording.corrupt_at = recording.bytes_sent + offset
     payload = bytes(range(256)) * 4
     await client.send_all(payload)
@@ -468,14 +474,16 @@ async def test_corrupted_record_raises_and_alerts(
 async def test_two_senders_conflict_but_send_and_receive_do_not(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = await handshaken_pair(transport_pair=trio.testing.lockstep_stream_pair)
+    client, server = lockstep_tls_stream_pair()
+    await handshake(client, server)
     # The lockstep transport detects conflicts too: the message says ours did.
     ours = pytest.RaisesExc(trio.BusyResourceError, match="on this MemoryBIOStream")
     with trio.fail_after(10), pytest.RaisesGroup(ours):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.send_all, b"a")
             nursery.start_soon(client.send_all, b"b")
-    client, server = await handshaken_pair()
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
 
     async def ping_pong(stream: AnyStream, name: bytes) -> None:
         async with trio.open_nursery() as nursery:

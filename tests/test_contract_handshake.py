@@ -23,6 +23,7 @@ import trio.testing
 from trio.testing import wait_all_tasks_blocked
 
 from trio_membio import MemoryBIOStream
+from trio_membio.testing import handshake, memory_tls_stream_pair
 
 from .helpers import (
     HANG,
@@ -32,7 +33,6 @@ from .helpers import (
     cancellable,
     client_context,
     expect_broken,
-    handshake_both,
     quietly,
     server_context,
     tls_pair,
@@ -48,7 +48,7 @@ AnyStream = MemoryBIOStream[trio.abc.Stream]
 
 async def test_handshake_failure_reaches_every_waiter(autojump_clock: trio.abc.Clock) -> None:
     """trio.SSLStream: the non-driving waiters hang forever."""
-    client, server = tls_pair(client_ctx=untrusting_client_context())
+    client, server = memory_tls_stream_pair(client_context=untrusting_client_context())
     errors: list[BaseException] = []
 
     operations: dict[str, Callable[[], Awaitable[object]]] = {
@@ -83,7 +83,7 @@ async def test_cancelled_driver_hands_handshake_to_a_waiter(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """trio.SSLStream: the waiter hangs forever once the driver is cancelled."""
-    client, server = tls_pair()
+    client, server = memory_tls_stream_pair()
     driver_scope = trio.CancelScope()
     outcome: list[str] = []
 
@@ -149,11 +149,11 @@ async def test_waiters_see_the_handshake_broken_when_its_final_flight_is_half_wr
 
 async def test_handshake_cancelled_waiting_for_peer_resumes(autojump_clock: trio.abc.Clock) -> None:
     """trio.SSLStream: the stream is broken after this cancellation."""
-    client, server = tls_pair()
+    client, server = memory_tls_stream_pair()
     with trio.move_on_after(1) as scope:
         await client.do_handshake()  # the server is not running yet
     assert scope.cancelled_caught
-    await handshake_both(client, server)
+    await handshake(client, server)
     assert client.version() == server.version()
     await _check_data_flows(client, server)
 

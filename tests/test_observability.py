@@ -9,13 +9,15 @@ import trio
 import trio.testing
 
 from trio_membio import ConnectionEnd, MemoryBIOStream, Stage, TraceEvent
+from trio_membio.testing import handshake, lockstep_tls_stream_pair, memory_tls_stream_pair
 
-from .helpers import HOSTNAME, client_context, handshake_both, handshaken_pair, server_context
+from .helpers import HOSTNAME, client_context, server_context
 from .peers import pha_streams
 
 
 async def test_statistics_count_both_layers(autojump_clock: trio.abc.Clock) -> None:
-    client, server = await handshaken_pair()
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
     before = client.statistics()
     assert before.handshake_duration is not None
     assert before.session_reused is False
@@ -71,7 +73,8 @@ async def test_handshake_duration_uses_the_trio_clock(autojump_clock: trio.abc.C
 async def test_statistics_say_how_it_ended(
     how: str, expected: ConnectionEnd, autojump_clock: trio.abc.Clock
 ) -> None:
-    client, server = await handshaken_pair(transport_pair=trio.testing.lockstep_stream_pair)
+    client, server = lockstep_tls_stream_pair()
+    await handshake(client, server)
     async with trio.open_nursery() as nursery:
         if how == "truncate":
             await server.transport_stream.aclose()
@@ -107,7 +110,7 @@ async def test_trace_shows_every_hop() -> None:
         client_transport, client_context(), server_hostname=HOSTNAME, trace=events.append
     )
     server = MemoryBIOStream(server_transport, server_context(), server_side=True)
-    await handshake_both(client, server)
+    await handshake(client, server)
     hops = {(event.source, event.target) for event in events}
     assert hops >= {
         (Stage.SSL_OBJECT, Stage.OUTGOING_BIO),  # the ClientHello
@@ -138,7 +141,8 @@ async def test_trace_shows_every_hop() -> None:
 
 async def test_trace_logger_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="trio_membio.trace"):
-        client, server = await handshaken_pair()
+        client, server = memory_tls_stream_pair()
+        await handshake(client, server)
         await client.send_all(b"ping")
         assert await server.receive_some() == b"ping"
     messages = [record.getMessage() for record in caplog.records]
@@ -147,7 +151,8 @@ async def test_trace_logger_at_debug(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_no_tracing_engine_unless_asked() -> None:
-    client, _ = await handshaken_pair()
+    client, server = memory_tls_stream_pair()
+    await handshake(client, server)
     assert type(client._engine).__name__ == "TLSEngine"
 
 
@@ -158,7 +163,7 @@ async def test_trace_takes_back_what_a_full_socket_did_not_take() -> None:
         trio.SocketStream(left), client_context(), server_hostname=HOSTNAME, trace=events.append
     )
     server = MemoryBIOStream(trio.SocketStream(right), server_context(), server_side=True)
-    await handshake_both(client, server)
+    await handshake(client, server)
     total = 64 * 65536  # far beyond the socket buffers
 
     async def send_everything() -> None:
@@ -189,7 +194,7 @@ async def test_trace_counts_plaintext_of_a_read_that_queued_output_once(
     events: list[TraceEvent] = []
     client_transport, server_transport = trio.testing.memory_stream_pair()
     client, server = pha_streams(client_transport, server_transport, client_trace=events.append)
-    await handshake_both(client, server)
+    await handshake(client, server)
     server.ssl_object.verify_client_post_handshake()
     await server.send_all(b"A" * 1000)  # behind the CertificateRequest
     # The receive hands the plaintext out at once; the client's certificate
