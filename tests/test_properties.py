@@ -49,6 +49,8 @@ from trio_membio.testing.strategies import (
     tls_versions,
 )
 
+from .helpers import aclose_all
+
 Stream = MemoryBIOStream[FaultyStream]
 #: Virtual seconds an example may take: far beyond any delay it draws.
 DEADLINE = 3600.0
@@ -103,11 +105,6 @@ def run_example(body: Callable[[], Awaitable[None]]) -> None:
 def make_pair(lockstep: bool, **kwargs: object) -> TLSStreamPair:
     factory = lockstep_tls_stream_pair if lockstep else memory_tls_stream_pair
     return factory(**kwargs)  # type: ignore[arg-type]  # forwarded keywords
-
-
-async def close_all(*streams: trio.abc.AsyncResource) -> None:
-    for stream in streams:
-        await stream.aclose()
 
 
 async def send_messages(stream: Stream, payloads: Sequence[bytes], schedule: TaskSchedule) -> None:
@@ -191,7 +188,7 @@ def test_any_fragmentation_delivers_the_same_plaintext(
             nursery.start_soon(client.unwrap)
             assert await server.receive_some(max_bytes) == b""
             await server.unwrap()
-        await close_all(client.transport_stream, server.transport_stream)
+        await aclose_all(client.transport_stream, server.transport_stream)
 
     run_example(body)
 
@@ -269,7 +266,7 @@ def test_concurrent_send_and_receive_in_any_schedule(
             )
         assert at_server == b"".join(to_server)
         assert at_client == b"".join(to_client)
-        await close_all(client, server)
+        await aclose_all(client, server)
 
     run_example(body)
 
@@ -406,7 +403,7 @@ async def test_a_second_sender_while_the_first_is_blocked_gets_busy_resource_err
         received = 0
         while received < 100_000:
             received += len(await server.receive_some())
-    await close_all(client, server)
+    await aclose_all(client, server)
 
 
 # ------------------------------------------------------------ 3. corruption
@@ -801,7 +798,7 @@ def test_cancelling_any_operation_anywhere(
                     assert result[1] == b""
                     await transport.aclose()
             nursery.cancel_scope.cancel()
-        await close_all(client, server, server.transport_stream)
+        await aclose_all(client, server, server.transport_stream)
         assert transport.closed
 
     run_example(body)
