@@ -1,4 +1,10 @@
-"""Fault-injecting transport wrappers for tests."""
+"""Fault-injecting transport wrappers for tests.
+
+Each wrapper forwards to the stream it wraps (:class:`ForwardingStream`) and
+overrides only the calls it changes. Wrappers that declare ``send_eof`` are
+:class:`trio.abc.HalfCloseableStream`; the others are plain streams on
+purpose, so that the stream under test sees a transport without half-close.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,36 @@ from typing import NoReturn
 import trio
 
 
-class RecordingStream(trio.abc.HalfCloseableStream):
+class ForwardingStream(trio.abc.Stream):
+    """Forwards every call to ``inner``; ``closed`` says whether aclose() was called."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.inner.aclose()
+
+
+class HalfCloseableForwardingStream(ForwardingStream, trio.abc.HalfCloseableStream):
+    """A :class:`ForwardingStream` that forwards ``send_eof`` too."""
+
+    async def send_eof(self) -> None:
+        assert isinstance(self.inner, trio.abc.HalfCloseableStream)
+        await self.inner.send_eof()
+
+
+class RecordingStream(HalfCloseableForwardingStream):
     """Wraps a stream; records each operation, can cancel or corrupt on cue.
 
     ``cancel_at`` = n cancels ``cancel_scope`` just before the n-th operation
@@ -16,14 +51,13 @@ class RecordingStream(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.operations: list[str] = []
         self.cancel_at: int | None = None
         self.cancel_scope: trio.CancelScope | None = None
         self.corrupt_at: int | None = None
         self.bytes_sent = 0
         self.largest_send = 0
-        self.closed = False
 
     def _operation(self, name: str) -> None:
         if self.cancel_at == len(self.operations) and self.cancel_scope is not None:
@@ -51,20 +85,12 @@ class RecordingStream(trio.abc.HalfCloseableStream):
         self._operation("receive")
         return await self.inner.receive_some(max_bytes)
 
-    async def send_eof(self) -> None:
-        assert isinstance(self.inner, trio.abc.HalfCloseableStream)
-        await self.inner.send_eof()
 
-    async def aclose(self) -> None:
-        self.closed = True
-        await self.inner.aclose()
-
-
-class HalfWritingStream(trio.abc.Stream):
+class HalfWritingStream(ForwardingStream):
     """A transport whose send_all delivers half of the data and then hangs."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.half_written = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -73,22 +99,13 @@ class HalfWritingStream(trio.abc.Stream):
         self.half_written = True
         await trio.sleep_forever()
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class ResettingStream(trio.abc.Stream):
+class ResettingStream(ForwardingStream):
     """A transport whose sends and/or receives fail like a reset connection
     once ``reset_sends`` / ``reset_receives`` is set."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.reset_sends = False
         self.reset_receives = False
 
@@ -102,19 +119,13 @@ class ResettingStream(trio.abc.Stream):
             await self._reset()
         await self.inner.send_all(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self.reset_receives:
             await self._reset()
         return await self.inner.receive_some(max_bytes)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
-
-class DroppingReceiveStream(trio.abc.HalfCloseableStream):
+class DroppingReceiveStream(HalfCloseableForwardingStream):
     """A transport whose receive_some() loses its data when it is cancelled.
 
     It takes bytes from the wrapped stream and only then reaches a checkpoint
@@ -124,15 +135,8 @@ class DroppingReceiveStream(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.dropped = 0
-        self.closed = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.inner.receive_some(max_bytes)
@@ -143,16 +147,8 @@ class DroppingReceiveStream(trio.abc.HalfCloseableStream):
             raise
         return data
 
-    async def send_eof(self) -> None:
-        assert isinstance(self.inner, trio.abc.HalfCloseableStream)
-        await self.inner.send_eof()
 
-    async def aclose(self) -> None:
-        self.closed = True
-        await self.inner.aclose()
-
-
-class ControlledTransport(trio.abc.HalfCloseableStream):
+class ControlledTransport(HalfCloseableForwardingStream):
     """Wraps a stream; the test decides when its sends and waits proceed.
 
     ``wait_gate`` holds wait_send_all_might_not_block(), ``send_gate`` holds
@@ -161,7 +157,7 @@ class ControlledTransport(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.wait_gate = opened()
         self.send_gate = opened()
         self.half_write_at: int | None = None
@@ -178,15 +174,6 @@ class ControlledTransport(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.wait_gate.wait()
         await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def opened() -> trio.Event:
