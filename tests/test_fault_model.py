@@ -367,10 +367,11 @@ class Cell:
     received: bytearray = field(default_factory=bytearray)
     expected_from_peer: bytearray = field(default_factory=bytearray)
     unwrapped: bool = False  # unwrap() returned: the transport is ours to close
+    # The client's transport, kept: transport_stream is None after unwrap().
+    transport: FaultyStream = field(init=False)
 
-    @property
-    def transport(self) -> FaultyStream:
-        return self.client.transport_stream
+    def __post_init__(self) -> None:
+        self.transport = self.client.transport_stream
 
     def operations_since(self, start: int, kinds: frozenset[str] | None = None) -> list[str]:
         records = self.transport.operations[start:]

@@ -184,11 +184,12 @@ def test_any_fragmentation_delivers_the_same_plaintext(
         # cleanly. (Not with aclose(), which gives close_notify a second to
         # go out: on a transport slow enough, the peer sees truncation, as
         # documented. The example below is one such transport.)
+        transports = client.transport_stream, server.transport_stream  # None after unwrap()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.unwrap)
             assert await server.receive_some(max_bytes) == b""
             await server.unwrap()
-        await aclose_all(client.transport_stream, server.transport_stream)
+        await aclose_all(*transports)
 
     run_example(body)
 
@@ -652,6 +653,7 @@ def test_cancelling_any_operation_anywhere(
             lockstep, tls_version=version, client_faults=client_plan, server_faults=server_plan
         )
         transport = client.transport_stream
+        server_transport = server.transport_stream  # None once the server unwrapped
         drained = bytearray()
         peer_saw_end = trio.Event()
         drained_changed = [trio.Event()]
@@ -798,7 +800,7 @@ def test_cancelling_any_operation_anywhere(
                     assert result[1] == b""
                     await transport.aclose()
             nursery.cancel_scope.cancel()
-        await aclose_all(client, server, server.transport_stream)
+        await aclose_all(client, server, server_transport)
         assert transport.closed
 
     run_example(body)

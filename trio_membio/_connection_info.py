@@ -13,6 +13,7 @@ to it; the counters behind ``statistics()`` are the stream's
 from __future__ import annotations
 
 import ssl
+import warnings
 from typing import Literal, overload
 
 from ._engine import TLSEngine
@@ -56,8 +57,12 @@ class ConnectionInfo:
 
     @property
     def context(self) -> ssl.SSLContext:
-        """The :class:`ssl.SSLContext` this stream was created with."""
+        """The :class:`ssl.SSLContext` in use."""
         return self._engine.ssl_object.context
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        self._engine.ssl_object.context = context
 
     @property
     def session(self) -> ssl.SSLSession | None:
@@ -111,6 +116,28 @@ class ConnectionInfo:
         """
         self.require_handshake("getpeercert()")
         return self._engine.ssl_object.getpeercert(binary_form)
+
+    def shared_ciphers(self) -> list[tuple[str, str, int]] | None:
+        """The ciphers both ends offered (server side), as :meth:`ssl.SSLSocket.shared_ciphers`."""
+        self.require_handshake("shared_ciphers()")
+        return self._engine.ssl_object.shared_ciphers()
+
+    def compression(self) -> str | None:
+        """The compression algorithm in use, or None (always None with OpenSSL 1.1+)."""
+        self.require_handshake("compression()")
+        return self._engine.ssl_object.compression()
+
+    def selected_npn_protocol(self) -> str | None:
+        """The NPN protocol chosen, or None; NPN is deprecated: use ALPN."""
+        self.require_handshake("selected_npn_protocol()")
+        with warnings.catch_warnings():
+            # Python deprecates the call itself; the stream only forwards it.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self._engine.ssl_object.selected_npn_protocol()
+
+    def requested_server_name(self) -> str | None:
+        """The SNI host name the client asked for (server side), or None."""
+        return self._engine.requested_server_name
 
     def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
         """Channel binding data for ``cb_type`` (RFC 5929), or None."""

@@ -62,6 +62,8 @@ import ssl
 import sys
 from typing import Final, NoReturn
 
+from ._client_hello import ClientHelloReader
+
 __all__ = ["TLSEngine", "TLSTruncationError"]
 
 _TLS_1_3: Final = "TLSv1.3"
@@ -95,6 +97,7 @@ class TLSEngine:
     """
 
     __slots__ = (
+        "_client_hello",
         "_close_notify_received",
         "_close_notify_sent",
         "_failure",
@@ -104,6 +107,7 @@ class TLSEngine:
         "_outgoing",
         "_pending_write",
         "_renegotiation_possible",
+        "_requested_server_name",
         "_transport_ended",
         "_unread_plaintext",
         "output_bio",
@@ -144,6 +148,9 @@ class TLSEngine:
         self._unread_plaintext = b""
         # TLS 1.2 and lower: the peer may start a renegotiation (rule 7).
         self._renegotiation_possible = False
+        # Server side: reads the SNI name from the client's first bytes.
+        self._client_hello: ClientHelloReader | None = ClientHelloReader() if server_side else None
+        self._requested_server_name: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -168,6 +175,15 @@ class TLSEngine:
         return self._close_notify_sent
 
     @property
+    def requested_server_name(self) -> str | None:
+        """The host name the client's ClientHello asked for (SNI), on the server side.
+
+        As sent (IDNA A-labels such as ``xn--fa-hia.de``); None on the client
+        side, before the ClientHello has arrived, or if it carried none.
+        """
+        return self._requested_server_name
+
+    @property
     def transport_ended(self) -> bool:
         """Whether :meth:`receive_eof` has been called."""
         return self._transport_ended
@@ -188,6 +204,12 @@ class TLSEngine:
         if self._transport_ended:
             raise ValueError("receive_data() after receive_eof(): the transport already ended")
         self._incoming.write(data)
+        hello = self._client_hello
+        if hello is not None:
+            hello.feed(data)
+            if hello.done:
+                self._client_hello = None
+                self._requested_server_name = hello.server_name
 
     def receive_eof(self) -> None:
         """Record that the transport ended (the peer will send nothing more)."""

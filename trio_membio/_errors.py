@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 
+import idna
 import trio
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "UnreadDataError",
     "clean_openssl_text",
     "describe_tls_error",
+    "encode_hostname",
 ]
 
 # Reused so that code written against trio.SSLStream catches the same class.
@@ -69,3 +71,26 @@ def clean_openssl_text(text: str) -> str:
     of a log or a command line; exception messages keep it.
     """
     return _OPENSSL_DECORATION.sub("", text)
+
+
+def encode_hostname(hostname: str) -> str:
+    """``hostname`` as sent in SNI and checked against certificates: IDNA 2008.
+
+    The same encoding trio uses for every host name it resolves or sends
+    (UTS 46 mapping, so capitals are lowered): Python's ssl module would use
+    IDNA 2003 and send ``fass.de`` for ``faß.de``, a different host
+    (bpo-17305). ASCII names (IP addresses included) pass unchanged.
+
+    Raises:
+        ValueError: the name is not a valid internationalised host name.
+    """
+    try:
+        hostname.encode("ascii")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return hostname
+    try:
+        return idna.encode(hostname, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"server_hostname {hostname!r} is not a valid host name: {exc}") from exc

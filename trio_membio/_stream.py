@@ -59,7 +59,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 from ._conflict import ConflictDetector
 from ._connection_info import ConnectionInfo, PeerCertificate
 from ._engine import TLSEngine, TLSTruncationError
-from ._errors import UnreadDataError, describe_tls_error
+from ._errors import UnreadDataError, describe_tls_error, encode_hostname
 from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, Stop, StopKind
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
@@ -151,6 +151,8 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     ) -> None:
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
+        elif server_hostname is not None:
+            server_hostname = encode_hostname(server_hostname)
         if trace is None and trace_logger.isEnabledFor(logging.DEBUG):
             trace = log_trace_event
         engine: TLSEngine
@@ -187,7 +189,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     @property
     def transport_stream(self) -> TransportStream:
-        """The stream carrying the ciphertext, as passed to the constructor."""
+        """The stream carrying the ciphertext, as passed to the constructor.
+
+        None once :meth:`unwrap` has handed it back, as on
+        :class:`trio.SSLStream`: the TLS stream is done with it.
+        """
         return self._transport_stream
 
     @property
@@ -207,8 +213,23 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     @property
     def context(self) -> ssl.SSLContext:
-        """The :class:`ssl.SSLContext` this stream was created with."""
+        """The :class:`ssl.SSLContext` in use.
+
+        Settable before the handshake starts, as on :class:`trio.SSLStream`
+        (a server picking certificates per connection, say); afterwards
+        setting it raises RuntimeError, because OpenSSL would apply only part
+        of the new context to a handshake already under way.
+        """
         return self._info.context
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        if self._io.counters.handshake_started is not None:
+            raise RuntimeError(
+                "the TLS handshake has started: set context before the first "
+                "do_handshake(), send_all() or receive_some()"
+            )
+        self._info.context = context
 
     @property
     def https_compatible(self) -> bool:
@@ -266,6 +287,46 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
         """Channel binding data for ``cb_type`` (RFC 5929), or None."""
         return self._info.get_channel_binding(cb_type)
+
+    def shared_ciphers(self) -> list[tuple[str, str, int]] | None:
+        """The ciphers both ends support (server side), or None on the client.
+
+        As :meth:`ssl.SSLSocket.shared_ciphers`; after the handshake only.
+        """
+        return self._info.shared_ciphers()
+
+    def compression(self) -> str | None:
+        """The compression algorithm in use, or None (OpenSSL 1.1+ never compresses)."""
+        return self._info.compression()
+
+    def selected_npn_protocol(self) -> str | None:
+        """The protocol NPN selected, or None. NPN is deprecated: use ALPN.
+
+        For code written against :class:`trio.SSLStream`; after the handshake
+        only.
+        """
+        return self._info.selected_npn_protocol()
+
+    def pending(self) -> int:
+        """Decrypted bytes OpenSSL holds that a read can return without I/O.
+
+        As :meth:`ssl.SSLSocket.pending`; the stream's own read-ahead (see
+        :meth:`has_buffered_input`) is not included.
+        """
+        return self._engine.ssl_object.pending()
+
+    @property
+    def requested_server_name(self) -> str | None:
+        """The host name the client asked for in SNI (server side), or None.
+
+        In the form the client sent it (IDNA A-labels, such as
+        ``xn--fa-hia.de``); None on the client side, before the client's
+        ClientHello has arrived (run :meth:`do_handshake` first), or if it
+        sent no name (a client connecting to an IP address, say). Read from
+        the ClientHello by the stream itself, so the context's
+        ``sni_callback`` stays yours.
+        """
+        return self._info.requested_server_name()
 
     def statistics(self) -> TLSStatistics:
         """Byte counts each way, handshake time, resumption and how it ended."""
@@ -871,7 +932,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     "receive_some() until it returns b'', then unwrap() again"
                 )
             self._close(ConnectionEnd.UNWRAPPED)
-            return self._transport_stream, engine.take_trailing_data()
+            transport = self._transport_stream
+            # trio.SSLStream's behaviour; the annotation keeps the type users
+            # rely on while the stream is in use.
+            self._transport_stream = None  # type: ignore[assignment]
+            return transport, engine.take_trailing_data()
 
     # ----------------------------------------------------------- transitions
 
