@@ -291,7 +291,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     def shared_ciphers(self) -> list[tuple[str, str, int]] | None:
         """The ciphers both ends support (server side), or None on the client.
 
-        As :meth:`ssl.SSLSocket.shared_ciphers`; after the handshake only.
+        As ``ssl.SSLSocket.shared_ciphers()``; after the handshake only.
         """
         return self._info.shared_ciphers()
 
@@ -310,7 +310,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
     def pending(self) -> int:
         """Decrypted bytes OpenSSL holds that a read can return without I/O.
 
-        As :meth:`ssl.SSLSocket.pending`; the stream's own read-ahead (see
+        As ``ssl.SSLSocket.pending()``; the stream's own read-ahead (see
         :meth:`has_buffered_input`) is not included.
         """
         return self._engine.ssl_object.pending()
