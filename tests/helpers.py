@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 from functools import cache
+from pathlib import Path
 
 import pytest
 import trio
@@ -151,3 +153,22 @@ def untrusting_client_context() -> ssl.SSLContext:
 
 def _other_ca_pem() -> str:
     return trustme.CA().cert_pem.bytes().decode()
+
+
+def run_checked(
+    command: list[str | Path], *, cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; fail the test with its output if it exits with an error."""
+    result = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} exited with {result.returncode}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+    return result

@@ -2,14 +2,9 @@
 
 Every task waiting on a handshake sees how it ended, and a cancelled or failed
 handshake leaves the stream resumable or broken with its reason. The other
-promises are in test_contract.py.
-
-Where trio.SSLStream behaves differently, the docstring says how; these tests
-fail on a MemoryBIOStream that behaved like it. A test that guards a fixed bug
-says in its docstring what used to happen; interleavings are forced with
-fault-injecting transports and wait_all_tasks_blocked, and what used to hang
-runs under trio.fail_after with the autojump clock, so a hang fails in
-virtual time.
+promises are in test_contract.py, whose docstring gives the conventions both
+follow (how trio.SSLStream differs, what a fixed bug's test says, no hang
+outside virtual time).
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ themselves.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .helpers import run_checked
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
@@ -28,15 +29,8 @@ def test_the_examples_are_found() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_runs(example: Path) -> None:
-    result = subprocess.run(
+    run_checked(
         [sys.executable, "-W", "error", str(example.relative_to(ROOT))],
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=EXAMPLE_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"python {example.relative_to(ROOT)} exited with {result.returncode}\n"
-        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     )

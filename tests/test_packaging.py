@@ -35,6 +35,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from .helpers import run_checked
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds one pip, venv or demo step may take.
 STEP_TIMEOUT = 75
@@ -98,19 +100,7 @@ NOT_SOURCES = shutil.ignore_patterns(
 
 def run(command: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run a step; fail the test with its output if it fails."""
-    result = subprocess.run(
-        [str(part) for part in command],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=STEP_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, command))} exited with {result.returncode}\n"
-        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-    return result
+    return run_checked(command, cwd=cwd, timeout=STEP_TIMEOUT)
 
 
 def copy_sources(tmp_path: Path) -> Path:

@@ -18,7 +18,7 @@ import ssl
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import pytest
 import trio
@@ -594,15 +594,7 @@ Operation = Literal[
     "unwrap",
     "aclose",
 ]
-OPERATIONS: tuple[Operation, ...] = (
-    "do_handshake",
-    "send_all",
-    "receive_some",
-    "wait_send_all_might_not_block",
-    "send_eof",
-    "unwrap",
-    "aclose",
-)
+OPERATIONS: tuple[Operation, ...] = get_args(Operation)
 #: Operations that need the handshake done first in this test.
 AFTER_HANDSHAKE = {"wait_send_all_might_not_block", "send_eof", "unwrap", "aclose"}
 
