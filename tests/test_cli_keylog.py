@@ -11,19 +11,17 @@ from __future__ import annotations
 import re
 import ssl
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from trio_membio._cli import Console, main_async
 from trio_membio._cli._common import apply_keylog
 
-TIMEOUT = 10.0
+from .cli_harness import TIMEOUT, Captured, running_serve
+from .cli_harness import run_connect as run_cli_connect
+
 HEX = re.compile(r"[0-9a-f]+")
 
 TLS13_LABELS = {
@@ -35,41 +33,13 @@ TLS13_LABELS = {
 }
 
 
-class InMemoryConsole:
-    """A Console whose streams are in memory; stdin is ``data`` then EOF."""
-
-    def __init__(self, data: bytes = b"") -> None:
-        import io
-
-        self.out, self.err = io.StringIO(), io.StringIO()
-        stdin = trio.testing.MemoryReceiveStream()
-        stdin.put_data(data)
-        stdin.put_eof()
-        self.stdout = trio.testing.MemorySendStream()
-        self.console = Console(out=self.out, err=self.err, stdin=stdin, stdout=self.stdout)
-
-
-@asynccontextmanager
-async def running_serve(*arguments: str) -> AsyncIterator[tuple[int, InMemoryConsole]]:
-    captured = InMemoryConsole()
-    async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(
-            partial(main_async, ["serve", *arguments], console=captured.console)
-        )
-        yield addresses[0][1], captured
-        nursery.cancel_scope.cancel()
-
-
 #: What connect sends: the HTTP server answers it and closes (so that
 #: connect ends on TLS 1.2 too, which has no half-close).
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
-async def run_connect(*arguments: str, data: bytes = REQUEST) -> tuple[int, InMemoryConsole]:
-    captured = InMemoryConsole(data)
-    with trio.fail_after(TIMEOUT):
-        status = await main_async(["connect", *arguments], console=captured.console)
-    return status, captured
+async def run_connect(*arguments: str, data: bytes = REQUEST) -> tuple[int, Captured]:
+    return await run_cli_connect(*arguments, stdin=data)
 
 
 def read_keylog(path: Path) -> dict[str, dict[str, str]]:
@@ -191,12 +161,12 @@ def test_python_dash_e_ignores_the_variable(
 ) -> None:
     monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    apply_keylog(context, None, InMemoryConsole().console)
+    apply_keylog(context, None, Captured().console)
     assert context.keylog_filename == str(tmp_path / "keys")
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     monkeypatch.setattr(sys, "flags", type("Flags", (), {"ignore_environment": 1})())
-    apply_keylog(context, None, InMemoryConsole().console)
+    apply_keylog(context, None, Captured().console)
     assert logged_to(context) is None
-    apply_keylog(context, str(tmp_path / "explicit"), InMemoryConsole().console)
+    apply_keylog(context, str(tmp_path / "explicit"), Captured().console)
     assert context.keylog_filename == str(tmp_path / "explicit")
