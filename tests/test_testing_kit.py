@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import ssl
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from typing import Literal
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_membio import TLSEngine
@@ -29,6 +30,7 @@ from trio_membio.testing import (
     lockstep_tls_stream_pair,
     memory_tls_stream_pair,
     random_chunks,
+    run_in_virtual_time,
     throwaway_contexts,
     tls_engine_pair,
 )
@@ -762,6 +764,146 @@ def test_strategies_feed_a_real_pair(data: st.DataObject) -> None:
         await server.aclose()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# -------------------------------------------- async properties, virtual time
+
+#: Seconds each receive of the delayed pairs below waits (virtual, we hope).
+DELAY = 7.0
+
+
+class ExampleRecord:
+    """What one run of an async property saw: its clock and its virtual time."""
+
+    def __init__(self) -> None:
+        self.clocks: list[trio.abc.Clock] = []
+        self.elapsed: list[float] = []
+
+    async def echo_with_delays(self, payload: bytes) -> None:
+        """One example: a pair whose every receive waits DELAY, echoing payload."""
+        self.clocks.append(trio.lowlevel.current_clock())
+        start = trio.current_time()
+        plan = FaultPlan(receive_delays=(DELAY,))
+        client, server = memory_tls_stream_pair(client_faults=plan, server_faults=plan)
+        async with client, server:
+            await handshake(client, server)
+            await client.send_all(payload)
+            received = bytearray()
+            while len(received) < len(payload):
+                received += await server.receive_some()
+            assert received == payload
+        self.elapsed.append(trio.current_time() - start)
+
+    def assert_virtual(self, examples: int) -> None:
+        """Each of ``examples`` runs had its own autojump MockClock and paid its delays in it."""
+        assert len(self.clocks) == examples
+        assert all(isinstance(clock, trio.testing.MockClock) for clock in self.clocks)
+        assert all(clock.autojump_threshold == 0 for clock in self.clocks)  # type: ignore[attr-defined]
+        assert len({id(clock) for clock in self.clocks}) == examples  # a fresh run each
+        # The handshake and the payload's receives each waited DELAY seconds,
+        # in whole multiples, as only a virtual clock that jumps can give.
+        for elapsed in self.elapsed:
+            assert elapsed >= 2 * DELAY
+            assert elapsed == pytest.approx(round(elapsed / DELAY) * DELAY)
+
+
+PROPERTY_RUNS = ExampleRecord()
+
+
+@settings(max_examples=5, deadline=None)
+@given(payload=st.binary(min_size=1, max_size=2000))
+@run_in_virtual_time
+async def test_an_async_property_runs_each_example_in_virtual_time(payload: bytes) -> None:
+    """The documented form: collected by pytest, driven by hypothesis, no pytest-trio run."""
+    await PROPERTY_RUNS.echo_with_delays(payload)
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    assert clock.autojump_threshold == 0
+
+
+def test_the_async_property_above_ran_its_examples_on_their_own_clocks() -> None:
+    # Runs after the property above (pytest keeps file order); on its own
+    # (pytest -k) there is nothing to check, so it says so instead of passing.
+    if not PROPERTY_RUNS.clocks:
+        pytest.skip("run together with test_an_async_property_runs_each_example_in_virtual_time")
+    PROPERTY_RUNS.assert_virtual(len(PROPERTY_RUNS.clocks))
+    assert len(PROPERTY_RUNS.clocks) >= 1
+
+
+@pytest.mark.parametrize("order", ["below given", "above given"])
+def test_run_in_virtual_time_on_either_side_of_given(order: str) -> None:
+    record = ExampleRecord()
+    strategy = st.binary(min_size=1, max_size=100)
+    if order == "below given":
+
+        @settings(max_examples=3, deadline=None, database=None)
+        @given(payload=strategy)
+        @run_in_virtual_time
+        async def prop(payload: bytes) -> None:
+            await record.echo_with_delays(payload)
+
+    else:
+
+        @run_in_virtual_time
+        @settings(max_examples=3, deadline=None, database=None)
+        @given(payload=strategy)
+        async def prop(payload: bytes) -> None:
+            await record.echo_with_delays(payload)
+
+    assert not inspect.iscoroutinefunction(prop)  # so pytest-trio leaves it alone
+    assert not inspect.iscoroutinefunction(prop.hypothesis.inner_test)  # type: ignore[attr-defined]
+    prop()
+    record.assert_virtual(examples=3)
+
+
+def test_without_hypothesis_each_call_is_one_run() -> None:
+    record = ExampleRecord()
+    decorated = run_in_virtual_time(record.echo_with_delays)
+    decorated(b"first")
+    decorated(payload=b"second")
+    record.assert_virtual(examples=2)
+
+
+def test_a_failing_async_property_is_reported_and_shrunk_by_hypothesis() -> None:
+    seen: list[bytes] = []
+
+    @settings(max_examples=50, deadline=None, database=None, derandomize=True)
+    @given(payload=st.binary(min_size=1, max_size=50))
+    @run_in_virtual_time
+    async def prop(payload: bytes) -> None:
+        await trio.sleep(300)  # five virtual minutes per example: free
+        seen.append(payload)
+        assert len(payload) < 3
+
+    with pytest.raises(AssertionError, match=r"assert 3 < 3"):
+        prop()
+    assert seen[-1] == bytes(3)  # hypothesis's shrunk example, replayed last
+
+
+def test_a_hang_fails_at_the_virtual_timeout() -> None:
+    ran = ExampleRecord()
+
+    @run_in_virtual_time(timeout=90)
+    async def hangs() -> None:
+        ran.clocks.append(trio.lowlevel.current_clock())
+        await trio.sleep_forever()
+
+    with pytest.raises(AssertionError, match=r"hangs did not finish within 90 virtual seconds"):
+        hangs()
+    (clock,) = ran.clocks
+    assert clock.current_time() == pytest.approx(90)
+
+
+def test_run_in_virtual_time_refuses_what_it_cannot_run() -> None:
+    def synchronous() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="runs an async def test"):
+        run_in_virtual_time(synchronous)
+    with pytest.raises(ValueError, match="positive number of virtual seconds"):
+        run_in_virtual_time(timeout=0)
+    with pytest.raises(ValueError, match="positive number of virtual seconds"):
+        run_in_virtual_time(timeout=float("nan"))
 
 
 # ------------------------------------------------------- a runtime module

@@ -20,7 +20,8 @@ of those as plain data, so that a property-based test can generate them:
 - :class:`TaskSchedule` and :class:`CancelPoint` describe interleavings and
   cancellations;
 - :mod:`trio_membio.testing.strategies` has hypothesis strategies for all of
-  them.
+  them, and :func:`run_in_virtual_time` runs an ``async def`` property's
+  examples each in its own ``trio.run`` on an autojump clock.
 
 This is a runtime module: it does not import pytest, and imports cryptography
 (and, in ``strategies``, hypothesis) only when they are needed. Both come
@@ -46,9 +47,12 @@ from ._plan import random_chunks as random_chunks
 from ._schedule import CancelPoint as CancelPoint
 from ._schedule import Pause as Pause
 from ._schedule import TaskSchedule as TaskSchedule
+from ._virtual_time import DEFAULT_VIRTUAL_TIMEOUT as DEFAULT_VIRTUAL_TIMEOUT
+from ._virtual_time import run_in_virtual_time as run_in_virtual_time
 
 __all__ = [
     "DEFAULT_HOSTNAME",
+    "DEFAULT_VIRTUAL_TIMEOUT",
     "CancelPoint",
     "Corruption",
     "FaultPlan",
@@ -63,6 +67,7 @@ __all__ = [
     "lockstep_tls_stream_pair",
     "memory_tls_stream_pair",
     "random_chunks",
+    "run_in_virtual_time",
     "throwaway_contexts",
     "tls_engine_pair",
 ]
