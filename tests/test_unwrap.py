@@ -28,6 +28,7 @@ async def test_sending_after_a_cancelled_unwrap_raises_closed(
     """After unwrap() was cancelled waiting for the peer, send_all() raised a bare RuntimeError."""
     with trio.fail_after(HANG):
         client, server = await handshaken_pair(version=version)
+        server_transport = server.transport_stream  # None once the server unwrapped
         with trio.move_on_after(1) as scope:
             await client.unwrap()  # our close_notify goes out; the peer does not answer yet
         assert scope.cancelled_caught
@@ -45,13 +46,14 @@ async def test_sending_after_a_cancelled_unwrap_raises_closed(
             nursery.start_soon(peer_unwrap)
             transport, trailing = await client.unwrap()  # unwrap() may be called again
         assert trailing == b""
-        await aclose_all(transport, server.transport_stream)
+        await aclose_all(transport, server_transport)
 
 
 async def test_unwrap_after_send_eof_keeps_unread_plaintext(autojump_clock: trio.abc.Clock) -> None:
     """unwrap() after send_eof() succeeded, leaving data that send_eof() decrypted unreadable."""
     with trio.fail_after(HANG):
         client, server = await handshaken_pair(version="1.3")
+        server_transport = server.transport_stream  # None once the server unwrapped
         await server.send_all(b"0123456789")
         assert await client.receive_some(2) == b"01"
         await client.send_eof()  # decrypts the rest and keeps it for receive_some()
@@ -64,7 +66,7 @@ async def test_unwrap_after_send_eof_keeps_unread_plaintext(autojump_clock: trio
         assert await client.receive_some() == b""
         transport, trailing = await client.unwrap()
         assert trailing == b""
-        await aclose_all(transport, server.transport_stream)
+        await aclose_all(transport, server_transport)
 
 
 async def test_unwrap_keeps_unread_data_that_is_still_encrypted(
@@ -73,6 +75,7 @@ async def test_unwrap_keeps_unread_data_that_is_still_encrypted(
     """unwrap() broke the stream on data still encrypted ahead of close_notify, losing it."""
     with trio.fail_after(HANG):
         client, server = await handshaken_pair(version="1.3")
+        server_transport = server.transport_stream  # None once the server unwrapped
         await client.send_eof()
         assert await server.receive_some() == b""
         await server.send_all(b"0123456789")
@@ -84,7 +87,7 @@ async def test_unwrap_keeps_unread_data_that_is_still_encrypted(
         assert await client.receive_some() == b""
         transport, trailing = await client.unwrap()
         assert trailing == b""
-        await aclose_all(transport, server.transport_stream)
+        await aclose_all(transport, server_transport)
 
 
 async def test_unwrap_stops_reading_ahead_of_a_peer_that_keeps_sending(
@@ -94,6 +97,7 @@ async def test_unwrap_stops_reading_ahead_of_a_peer_that_keeps_sending(
     flood = 64 * 65536  # 4 MiB, four times the set-aside limit
     with trio.fail_after(HANG):
         client, server = await handshaken_pair(version="1.3")
+        server_transport = server.transport_stream  # None once the server unwrapped
 
         async def peer() -> None:
             for _ in range(64):
@@ -113,4 +117,4 @@ async def test_unwrap_stops_reading_ahead_of_a_peer_that_keeps_sending(
             assert received == flood  # nothing was lost
             transport, trailing = await client.unwrap()
         assert trailing == b""
-        await aclose_all(transport, server.transport_stream)
+        await aclose_all(transport, server_transport)

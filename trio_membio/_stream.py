@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import operator
 import ssl
-from typing import Final, Generic, Literal, NoReturn, TypeVar, final, overload
+from typing import Final, Generic, Literal, TypeVar, final, overload
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
@@ -59,29 +59,24 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 from ._conflict import ConflictDetector
 from ._connection_info import ConnectionInfo, PeerCertificate
 from ._engine import TLSEngine, TLSTruncationError
-from ._errors import UnreadDataError, describe_tls_error, encode_hostname
-from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, Stop, StopKind
+from ._errors import UnreadDataError, encode_hostname
+from ._operations import (
+    PLAINTEXT_CHUNK,
+    drive_handshake,
+    receive_plaintext,
+    send_chunked,
+    send_express,
+    shut_down_both_ways,
+)
+from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, StopKind
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
-from ._transport import ALERT_TIMEOUT, SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, Transport
+from ._transport import ALERT_TIMEOUT, Transport
 
 __all__ = ["MemoryBIOStream", "PeerCertificate"]
 
 #: receive_some() returns at most this much when max_bytes is None.
 DEFAULT_RECEIVE_SIZE: Final = 65536
-#: send_all() encrypts at most this much plaintext before sending it, so the
-#: ciphertext held in memory stays under SEND_WINDOW whatever the payload size.
-PLAINTEXT_CHUNK: Final = 65536
-#: When the socket takes every chunk at once, send_all() still yields to
-#: other tasks (and lets cancellation in) after this much plaintext.
-YIELD_EVERY: Final = 262144
-
-TRUNCATED: Final = (
-    "TLS stream truncated (pass https_compatible=True only if the protocol on top "
-    "detects truncation itself)"
-)
-
-
 TransportStream = TypeVar("TransportStream", bound=trio.abc.Stream, covariant=True)
 
 
@@ -402,7 +397,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 break
             self._enter(Lifecycle.HANDSHAKING)
             try:
-                yielded = await self._drive_handshake() or yielded
+                yielded = await drive_handshake(self._io) or yielded
             finally:
                 self._enter(Lifecycle.HANDSHAKE_PENDING)
         # The engine may have finished while its final flight was cut short
@@ -411,28 +406,6 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._enter(Lifecycle.OPEN)
         if not yielded:
             await cancel_shielded_checkpoint()
-
-    async def _drive_handshake(self) -> bool:
-        engine = self._engine
-        io = self._io
-        counters = io.counters
-        yielded = False
-        if counters.handshake_started is None:
-            counters.handshake_started = trio.current_time()
-        while True:
-            try:
-                finished = engine.do_handshake()
-            except ssl.SSLError as exc:
-                await self._fail(exc, "TLS handshake failed")
-            if engine.bytes_to_send:
-                # Until these bytes are out, a send cut short breaks the
-                # whole stream, whoever is sending (transport rule 1).
-                io.handshake_output_queued = True
-                yielded = await io.send_queued() or yielded
-            if finished:
-                counters.handshake_finished = trio.current_time()
-                return yielded
-            yielded = await io.receive_ciphertext() or yielded
 
     # --------------------------------------------------------------- receive
 
@@ -493,67 +466,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         return b""
                     raise
                 yielded = True
-            return await self._receive_plaintext(max_bytes, yielded)
+            return await receive_plaintext(
+                self._io, max_bytes, yielded, self._info.https_compatible
+            )
         finally:
             conflict.in_use = False
-
-    async def _receive_plaintext(self, max_bytes: int, yielded: bool) -> bytes | bytearray:
-        """Decrypt, receiving ciphertext as needed, until there is something to return."""
-        engine = self._engine
-        io = self._io
-        output_bio = engine.output_bio
-        while True:
-            try:
-                data = engine.read(max_bytes)
-            except TLSTruncationError as exc:
-                if self._info.https_compatible:
-                    self._io.counters.end(ConnectionEnd.TRUNCATED)
-                    if not yielded:
-                        await cancel_shielded_checkpoint()
-                    return b""
-                await self._fail(exc, TRUNCATED)
-            except ssl.SSLError as exc:
-                await self._fail(exc, "TLS error while receiving")
-            if output_bio.pending:
-                # The read queued TLS output: handshake messages of a
-                # renegotiation or a post-handshake reply, which the peer
-                # waits for, so cutting them short breaks everything. Sent by
-                # the send lane's holder if there is one (it sends everything
-                # queued), else owed (transport rule 5).
-                send_stop = io.send_stop
-                if send_stop is not None:
-                    engine.data_to_send()  # it can never be sent
-                    if send_stop.kind is StopKind.BROKEN:
-                        # The peer would wait for it forever, and we for the peer.
-                        io.stop(
-                            Stop(
-                                StopKind.BROKEN,
-                                "the peer started a TLS exchange (a renegotiation or a "
-                                "post-handshake message) that needs an answer, and this "
-                                f"stream can no longer send: {send_stop.message}",
-                                send_stop.cause,
-                            )
-                        )
-                        if not data:
-                            io.raise_closed_or_broken()
-                else:
-                    io.handshake_output_queued = True
-                    if io.fast_path is not None:
-                        io.send_owed_now()
-                        if io.receive_stop is not None and not data:
-                            io.raise_closed_or_broken()
-                    else:
-                        io.send_owed_in_background()
-            if data is not None:
-                if data:
-                    self._io.counters.plaintext_received += len(data)
-                    io.notify_change()  # a writer may wait for room (engine rule 7)
-                else:
-                    self._io.counters.end(ConnectionEnd.CLOSE_NOTIFY)
-                if not yielded:
-                    await cancel_shielded_checkpoint()
-                return data
-            yielded = await io.receive_ciphertext() or yielded
 
     # ------------------------------------------------------------------ send
 
@@ -603,133 +520,14 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 and not io.sending
                 and not io.handshake_output_queued
             ):
-                written = await self._send_express(data)  # type: ignore[arg-type]  # checked above
+                written = await send_express(self._io, data)  # type: ignore[arg-type]  # checked above
                 if written == len(data):
                     return
             else:
                 written = 0
-            await self._send_chunked(data, written)
+            await send_chunked(self._io, data, written)
         finally:
             conflict.in_use = False
-
-    async def _send_express(self, data: bytes | bytearray) -> int:
-        """One chunk, encrypted and sent at once; on a socket, tried without waiting.
-
-        Returns how much of ``data`` was encrypted. Everything but a TLS 1.2
-        renegotiation (which leaves the rest for _send_chunked) finishes here,
-        with trio's checkpoint.
-        """
-        engine = self._engine
-        io = self._io
-        io.sending = True
-        try:
-            try:
-                written = engine.write(data) or 0
-            except ssl.SSLError as exc:
-                await self._fail(exc, "TLS error while sending", lane_held=True)
-            self._io.counters.plaintext_sent += written
-            if written != len(data):
-                return written
-            if io.try_send is None:
-                yielded = await io.send_queued_holding_lane()
-            else:
-                # What did not fit waits for room the ordinary way.
-                yielded = not io.send_now() and await io.send_queued_holding_lane()
-        finally:
-            io.release_send_lane()
-        if not yielded:
-            await cancel_shielded_checkpoint()
-        return written
-
-    async def _send_chunked(self, data: bytes | bytearray | memoryview, written: int) -> None:
-        """Send ``data[written:]`` a window at a time (rule 3).
-
-        The loop's rules:
-
-        1. Encrypt at most PLAINTEXT_CHUNK, send it, then encrypt the next.
-        2. A write that needs the peer first (a TLS 1.2 renegotiation) sends
-           what is queued, lets go of the send lane and receives until the
-           renegotiation has moved, then retries with the same bytes.
-        3. Once any of ``data`` is encrypted, a cancellation (while waiting
-           for a renegotiation, or between chunks) stops sending: part of the
-           data may be on the wire, and a retry would duplicate it.
-        """
-        engine = self._engine
-        io = self._io
-        view = memoryview(data)
-        if view.itemsize != 1 or not view.c_contiguous:
-            view = view.cast("B")
-        view = view[written:]
-        yielded = await io.acquire_send_lane()
-        lane_held = True
-        sent_since_yield = 0
-        try:
-            while view:
-                chunk = view if len(view) <= PLAINTEXT_CHUNK else view[:PLAINTEXT_CHUNK]
-                try:
-                    consumed = engine.write(chunk)
-                except ssl.SSLError as exc:
-                    await self._fail(exc, "TLS error while sending", lane_held=True)
-                if consumed is None:
-                    # A renegotiation's handshake messages are queued (rule 2).
-                    io.handshake_output_queued = True
-                    await io.send_queued_holding_lane()
-                    io.release_send_lane()
-                    lane_held = False
-                    try:
-                        await self._wait_for_renegotiation()
-                        await io.acquire_send_lane()
-                    except BaseException:
-                        # None of this chunk was consumed, so the next send may
-                        # carry other bytes; but if earlier ones were, the
-                        # caller cannot tell what went out (rule 3).
-                        engine.abandon_write()
-                        if written:
-                            io.break_after(None, SEND_HALF_WRITTEN, whole=False)
-                        raise
-                    lane_held = True
-                    yielded = True
-                    continue
-                view = view[consumed:]
-                written += consumed
-                self._io.counters.plaintext_sent += consumed
-                if await io.send_queued_holding_lane():
-                    yielded = True
-                    sent_since_yield = 0
-                else:
-                    sent_since_yield += consumed
-                    if view and sent_since_yield >= YIELD_EVERY:
-                        # The socket took everything at once: let other tasks
-                        # run and cancellation in, as SocketStream does.
-                        sent_since_yield = 0
-                        await self._checkpoint_between_chunks()
-                        yielded = True
-        finally:
-            if lane_held:
-                io.release_send_lane()
-        if not yielded:
-            await cancel_shielded_checkpoint()
-
-    async def _wait_for_renegotiation(self) -> None:
-        """Let the peer's renegotiation reply in, while a write waits for it.
-
-        Application data that arrives first is set aside in the engine for
-        receive_some() (engine rule 7). Past a limit, wait for the receiving
-        task to take it rather than read more: memory stays bounded even if
-        the peer floods us meanwhile.
-        """
-        if self._engine.buffered_plaintext >= SET_ASIDE_LIMIT:
-            await self._io.wait_for_change()
-        else:
-            await self._io.receive_ciphertext()
-
-    async def _checkpoint_between_chunks(self) -> None:
-        try:
-            await trio.lowlevel.checkpoint()
-        except trio.Cancelled:
-            # Part of the caller's data went out: the same as a half-written send.
-            self._io.break_after(None, SEND_HALF_WRITTEN, whole=False)
-            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can probably take more data.
@@ -803,7 +601,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 try:
                     engine.send_close_notify()
                 except ssl.SSLError as exc:
-                    await self._fail(exc, "TLS error while sending close_notify", lane_held=True)
+                    await self._io.fail(exc, "TLS error while sending close_notify", lane_held=True)
                 io.stop(EOF_SENT, receiving=False)
                 yielded = await io.send_queued_holding_lane() or yielded
             finally:
@@ -899,24 +697,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             if self._lifecycle is not Lifecycle.OPEN:
                 await self._ensure_handshake()
                 yielded = True
-            while True:
-                # After send_eof() our close_notify is out; after a broken send
-                # nobody knows whether it is, so a two-way shutdown is off.
-                io.check_sending(closing=True)
-                try:
-                    finished = engine.unwrap()
-                except TLSTruncationError as exc:
-                    await self._fail(exc, TRUNCATED)
-                except ssl.SSLError as exc:
-                    await self._fail(exc, "TLS error during unwrap()")
-                io.stop(EOF_SENT, receiving=False)  # our close_notify is queued
-                if engine.bytes_to_send:
-                    yielded = await io.send_queued(closing=True) or yielded
-                # A peer that goes on sending data instead of its close_notify:
-                # stop reading ahead there, so memory stays bounded.
-                if finished or engine.buffered_plaintext >= SET_ASIDE_LIMIT:
-                    break
-                yielded = await io.receive_ciphertext() or yielded
+            finished, yielded = await shut_down_both_ways(io, yielded)
             if not yielded:
                 await cancel_shielded_checkpoint()
             if engine.buffered_plaintext:
@@ -956,18 +737,3 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         stop = self._io.receive_stop
         if stop is not None:
             stop.raise_error()
-
-    async def _fail(self, exc: ssl.SSLError, what: str, *, lane_held: bool = False) -> NoReturn:
-        """Record a TLS failure, send the fatal alert (best effort), raise."""
-        io = self._io
-        message = f"{what}: {describe_tls_error(exc)}"
-        self._io.counters.end(
-            ConnectionEnd.TRUNCATED if isinstance(exc, TLSTruncationError) else ConnectionEnd.ALERT
-        )
-        send_stop = io.send_stop
-        can_send = send_stop is None or send_stop.kind is StopKind.EOF_SENT
-        io.stop(Stop(StopKind.BROKEN, message, exc))
-        if can_send and (lane_held or not io.sending):
-            # The alert tells the peer why, instead of leaving it hanging.
-            await io.send_best_effort()
-        raise trio.BrokenResourceError(message) from exc

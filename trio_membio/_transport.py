@@ -91,7 +91,8 @@ from typing import Final, NoReturn
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from ._engine import TLSEngine
+from ._engine import TLSEngine, TLSTruncationError
+from ._errors import describe_tls_error
 from ._socket_fast_path import SocketFastPath, fast_path_for
 from ._state import Counters, Stop, StopKind
 from ._statistics import ConnectionEnd
@@ -117,6 +118,10 @@ HANDSHAKE_HALF_WRITTEN: Final = (
     "the TLS handshake was cancelled while its ciphertext was being written to the "
     "transport; an unknown part of it reached the peer, so this connection cannot "
     "continue: open a new one"
+)
+TRUNCATED: Final = (
+    "TLS stream truncated (pass https_compatible=True only if the protocol on top "
+    "detects truncation itself)"
 )
 SEND_HALF_WRITTEN: Final = (
     "an earlier send on this stream was cancelled while writing ciphertext to the "
@@ -203,6 +208,24 @@ class Transport:
         """Whether aclose() or unwrap() ended the stream."""
         stop = self.receive_stop
         return stop is not None and stop.kind is StopKind.CLOSED
+
+    async def fail(self, exc: ssl.SSLError, what: str, *, lane_held: bool = False) -> NoReturn:
+        """Record a TLS failure, send the fatal alert (best effort, rule 6), raise.
+
+        ``lane_held``: the caller holds the send lane (else the alert goes
+        only if the lane is free: its holder sends everything queued, rule 3).
+        """
+        message = f"{what}: {describe_tls_error(exc)}"
+        self.counters.end(
+            ConnectionEnd.TRUNCATED if isinstance(exc, TLSTruncationError) else ConnectionEnd.ALERT
+        )
+        send_stop = self.send_stop
+        can_send = send_stop is None or send_stop.kind is StopKind.EOF_SENT
+        self.stop(Stop(StopKind.BROKEN, message, exc))
+        if can_send and (lane_held or not self.sending):
+            # The alert tells the peer why, instead of leaving it hanging.
+            await self.send_best_effort()
+        raise trio.BrokenResourceError(message) from exc
 
     # ----------------------------------------------------------------- funnel
 
