@@ -97,6 +97,7 @@ class TLSEngine:
     """
 
     __slots__ = (
+        "_client_certificate_requested",
         "_client_hello",
         "_close_notify_received",
         "_close_notify_sent",
@@ -151,6 +152,8 @@ class TLSEngine:
         # Server side: reads the SNI name from the client's first bytes.
         self._client_hello: ClientHelloReader | None = ClientHelloReader() if server_side else None
         self._requested_server_name: str | None = None
+        # Server side: a post-handshake CertificateRequest awaits its answer.
+        self._client_certificate_requested = False
 
     # ------------------------------------------------------------------ state
 
@@ -495,6 +498,53 @@ class TLSEngine:
         stops a retry with *different* bytes by mistake.
         """
         self._pending_write = None
+
+    def request_client_certificate(self) -> None:
+        """Server side, TLS 1.3: queue a CertificateRequest (post-handshake authentication).
+
+        Does nothing while an earlier request still awaits its answer. Then
+        call :meth:`client_certificate_received` as ciphertext arrives.
+
+        Raises:
+            ssl.SSLError: OpenSSL refused: the client did not offer
+                post-handshake authentication, or this is not TLS 1.3. The
+                connection is unaffected.
+            RuntimeError: the handshake has not been run.
+        """
+        self._check_ready_for_data()
+        if self._client_certificate_requested:
+            return
+        self.ssl_object.verify_client_post_handshake()
+        self._client_certificate_requested = True
+        self._release_held_output()
+        try:
+            self.ssl_object.do_handshake()  # queues the CertificateRequest
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            self._fail(exc)
+
+    def client_certificate_received(self) -> bool:
+        """Whether the client's answer to :meth:`request_client_certificate` has come.
+
+        Processes the buffered records (application data among them is kept
+        for :meth:`read`, as in rule 7). True once the client's certificate
+        has been received and verified.
+
+        Raises:
+            TLSTruncationError: the transport ended before the answer.
+            ssl.SSLError: the client sent no certificate, or a bad one (the
+                fatal alert is waiting in :meth:`data_to_send`).
+        """
+        if self._incoming.pending or self.ssl_object.pending():
+            self._set_aside_application_data()
+        self._raise_if_failed()
+        if self.ssl_object.getpeercert(binary_form=True) is not None:
+            self._client_certificate_requested = False
+            return True
+        if self._transport_ended:
+            self._fail_truncated("the peer closed the transport before answering the request")
+        return False
 
     def release_held_output(self) -> None:
         """Queue held TLS 1.3 session tickets now (rule 5), e.g. before closing."""

@@ -18,6 +18,8 @@ engine, lanes and funnel), and report whether they yielded:
   :func:`send_chunked` sends the rest a window at a time, so memory does not
   grow with the payload. Their rules are numbered in send_chunked().
 - :func:`shut_down_both_ways` is unwrap()'s exchange of close_notify alerts.
+- :func:`authenticate_client` is a server's TLS 1.3 post-handshake request
+  for the client's certificate.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import trio
 from trio.lowlevel import cancel_shielded_checkpoint
 
 from ._engine import TLSTruncationError
+from ._errors import UnreadDataError
 from ._state import EOF_SENT, Stop, StopKind
 from ._statistics import ConnectionEnd
 from ._transport import SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, TRUNCATED, Transport
@@ -36,6 +39,7 @@ from ._transport import SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, TRUNCATED, Transport
 __all__ = [
     "PLAINTEXT_CHUNK",
     "YIELD_EVERY",
+    "authenticate_client",
     "drive_handshake",
     "receive_plaintext",
     "send_chunked",
@@ -278,4 +282,42 @@ async def shut_down_both_ways(io: Transport, yielded: bool) -> tuple[bool, bool]
             yielded = await io.send_queued(closing=True) or yielded
         if finished or engine.buffered_plaintext >= SET_ASIDE_LIMIT:
             return finished, yielded
+        yielded = await io.receive_ciphertext() or yielded
+
+
+async def authenticate_client(io: Transport) -> bool:
+    """Request the client's certificate and wait for its verified answer; whether we yielded.
+
+    Application data the client sends meanwhile is kept for receive_some(),
+    up to SET_ASIDE_LIMIT bytes: past that, raise rather than buffer more.
+    """
+    engine = io.engine
+    try:
+        engine.request_client_certificate()
+    except ssl.SSLError as exc:
+        if engine.failure is None:  # OpenSSL refused; the connection is unaffected
+            raise RuntimeError(
+                "the client did not offer TLS 1.3 post-handshake authentication (its "
+                "context needs post_handshake_auth = True): "
+                f"{exc.reason or exc}"
+            ) from exc
+        await io.fail(exc, "TLS post-handshake authentication failed")
+    yielded = False
+    while True:
+        if engine.bytes_to_send:
+            io.handshake_output_queued = True  # the CertificateRequest
+            yielded = await io.send_queued() or yielded
+        try:
+            if engine.client_certificate_received():
+                return yielded
+        except TLSTruncationError as exc:
+            await io.fail(exc, TRUNCATED)
+        except ssl.SSLError as exc:
+            await io.fail(exc, "TLS post-handshake authentication failed")
+        if engine.buffered_plaintext >= SET_ASIDE_LIMIT:
+            raise UnreadDataError(
+                f"the client sent {engine.buffered_plaintext} bytes of data before answering "
+                "the certificate request: receive it with receive_some(), then call "
+                "request_client_certificate() again (the request stays open)"
+            )
         yielded = await io.receive_ciphertext() or yielded

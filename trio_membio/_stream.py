@@ -62,6 +62,7 @@ from ._engine import TLSEngine, TLSTruncationError
 from ._errors import UnreadDataError, encode_hostname
 from ._operations import (
     PLAINTEXT_CHUNK,
+    authenticate_client,
     drive_handshake,
     receive_plaintext,
     send_chunked,
@@ -608,6 +609,73 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 io.release_send_lane()
             if not yielded:
                 await cancel_shielded_checkpoint()
+
+    # ------------------------------------------- post-handshake authentication
+
+    async def request_client_certificate(self) -> PeerCertificate:
+        """Ask the client for its certificate now, and return it once verified.
+
+        TLS 1.3 post-handshake authentication (RFC 8446 section 4.6.2), for
+        a server that needs a client certificate only for some requests
+        (trio issue #741). The server's context must have
+        ``post_handshake_auth = True`` and ``verify_mode = ssl.CERT_REQUIRED``
+        (OpenSSL then asks for no certificate in the initial handshake, and a
+        client that sends none here is an error rather than a silent wait),
+        and trust the clients' CA; the client's context needs
+        ``post_handshake_auth = True`` and its certificate. A
+        MemoryBIOStream client answers on its own, in its next receive.
+
+        Application data the client sends meanwhile is kept for
+        :meth:`receive_some`. Holds both directions for the duration, like
+        :meth:`unwrap`.
+
+        On cancellation: the request stays open and nothing is lost; calling
+        again waits for the same answer.
+
+        Returns:
+            The client's certificate, decoded (as :meth:`getpeercert`).
+
+        Raises:
+            RuntimeError: this is the client side, the connection is not TLS
+                1.3, or the client did not offer post-handshake
+                authentication; the stream is unaffected.
+            ValueError: the server context's ``verify_mode`` is not
+                ``CERT_REQUIRED``.
+            trio.BrokenResourceError: the client sent no certificate or one
+                that failed verification (chained from the ssl error; the
+                fatal alert was sent), or the transport failed.
+            trio.ClosedResourceError: the stream was closed.
+            trio.BusyResourceError: another task is sending or receiving.
+            UnreadDataError: the client sent 1 MiB of data before answering:
+                receive it, then call again.
+        """
+        with self._receive_conflict, self._send_conflict:
+            self._check_usable()
+            await checkpoint_if_cancelled()
+            engine = self._engine
+            if not engine.ssl_object.server_side:
+                raise RuntimeError("only a server can request the client's certificate")
+            if self.context.verify_mode != ssl.CERT_REQUIRED:
+                raise ValueError(
+                    "request_client_certificate() needs the server context's verify_mode "
+                    "to be ssl.CERT_REQUIRED (with post_handshake_auth = True)"
+                )
+            yielded = False
+            if self._lifecycle is not Lifecycle.OPEN:
+                await self._ensure_handshake()
+                yielded = True
+            version = engine.ssl_object.version()
+            if version != "TLSv1.3":
+                raise RuntimeError(
+                    "post-handshake authentication needs TLS 1.3; this connection "
+                    f"negotiated {version} (renegotiate instead, or require TLS 1.3)"
+                )
+            yielded = await authenticate_client(self._io) or yielded
+            if not yielded:
+                await cancel_shielded_checkpoint()
+            certificate = engine.ssl_object.getpeercert()
+            assert certificate is not None  # verified: CERT_REQUIRED
+            return certificate
 
     # ----------------------------------------------------------------- close
 
