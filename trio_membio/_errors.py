@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import ssl
 
-import idna
 import trio
 
 __all__ = [
@@ -90,6 +89,8 @@ def encode_hostname(hostname: str) -> str:
         pass
     else:
         return hostname
+    import idna  # only for non-ASCII names: most programs never need it loaded
+
     try:
         return idna.encode(hostname, uts46=True).decode("ascii")
     except idna.IDNAError as exc:

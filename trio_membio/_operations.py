@@ -8,15 +8,16 @@ engine, lanes and funnel), and report whether they yielded:
 - :func:`drive_handshake` runs the handshake to its end (one driver at a
   time: the stream sees to that).
 
-- :func:`receive_plaintext` decrypts, receiving ciphertext as needed, until
-  there is something to return. No plaintext is lost: a read that also queued
-  TLS output (a renegotiation or post-handshake reply) hands its plaintext out
-  first, and the output goes to a socket without waiting (the rest with the
-  next call that waits for the peer) or, on other transports, from the
-  stream's own task (transport rule 5).
-- :func:`send_express` encrypts and sends one chunk at once, the common case;
-  :func:`send_chunked` sends the rest a window at a time, so memory does not
-  grow with the payload. Their rules are numbered in send_chunked().
+- :func:`handle_read_output` is the rare part of receive_some() (whose loop
+  is inline there, on the hottest path): a read that also queued TLS output
+  (a renegotiation or post-handshake reply) hands its plaintext out first,
+  and the output goes to a socket without waiting (the rest with the next
+  call that waits for the peer) or, on other transports, from the stream's
+  own task (transport rule 5).
+- :func:`send_chunked` sends what send_all()'s express lane (one chunk,
+  encrypted and sent at once, inline in send_all()) did not finish, a window
+  at a time, so memory does not grow with the payload; its rules are
+  numbered there.
 - :func:`shut_down_both_ways` is unwrap()'s exchange of close_notify alerts.
 - :func:`authenticate_client` is a server's TLS 1.3 post-handshake request
   for the client's certificate.
@@ -33,7 +34,6 @@ from trio.lowlevel import cancel_shielded_checkpoint
 from ._engine import TLSTruncationError
 from ._errors import UnreadDataError
 from ._state import EOF_SENT, Stop, StopKind
-from ._statistics import ConnectionEnd
 from ._transport import SEND_HALF_WRITTEN, SET_ASIDE_LIMIT, TRUNCATED, Transport
 
 __all__ = [
@@ -41,9 +41,8 @@ __all__ = [
     "YIELD_EVERY",
     "authenticate_client",
     "drive_handshake",
-    "receive_plaintext",
+    "handle_read_output",
     "send_chunked",
-    "send_express",
     "shut_down_both_ways",
 ]
 
@@ -55,93 +54,40 @@ PLAINTEXT_CHUNK: Final = 65536
 YIELD_EVERY: Final = 262144
 
 
-async def receive_plaintext(
-    io: Transport, max_bytes: int, yielded: bool, https_compatible: bool
-) -> bytes | bytearray:
-    """Decrypt, receiving ciphertext as needed, until there is something to return."""
-    engine = io.engine
-    output_bio = engine.output_bio
-    while True:
-        try:
-            data = engine.read(max_bytes)
-        except TLSTruncationError as exc:
-            if https_compatible:
-                io.counters.end(ConnectionEnd.TRUNCATED)
-                if not yielded:
-                    await cancel_shielded_checkpoint()
-                return b""
-            await io.fail(exc, TRUNCATED)
-        except ssl.SSLError as exc:
-            await io.fail(exc, "TLS error while receiving")
-        if output_bio.pending:
-            # The read queued TLS output: handshake messages of a
-            # renegotiation or a post-handshake reply, which the peer
-            # waits for, so cutting them short breaks everything. Sent by
-            # the send lane's holder if there is one (it sends everything
-            # queued), else owed (transport rule 5).
-            send_stop = io.send_stop
-            if send_stop is not None:
-                engine.data_to_send()  # it can never be sent
-                if send_stop.kind is StopKind.BROKEN:
-                    # The peer would wait for it forever, and we for the peer.
-                    io.stop(
-                        Stop(
-                            StopKind.BROKEN,
-                            "the peer started a TLS exchange (a renegotiation or a "
-                            "post-handshake message) that needs an answer, and this "
-                            f"stream can no longer send: {send_stop.message}",
-                            send_stop.cause,
-                        )
-                    )
-                    if not data:
-                        io.raise_closed_or_broken()
-            else:
-                io.handshake_output_queued = True
-                if io.fast_path is not None:
-                    io.send_owed_now()
-                    if io.receive_stop is not None and not data:
-                        io.raise_closed_or_broken()
-                else:
-                    io.send_owed_in_background()
-        if data is not None:
-            if data:
-                io.counters.plaintext_received += len(data)
-                io.notify_change()  # a writer may wait for room (engine rule 7)
-            else:
-                io.counters.end(ConnectionEnd.CLOSE_NOTIFY)
-            if not yielded:
-                await cancel_shielded_checkpoint()
-            return data
-        yielded = await io.receive_ciphertext() or yielded
+def handle_read_output(io: Transport, data: bytes | None) -> None:
+    """A read queued TLS output: send it, or give up on it (the rare part of receive_some()).
 
-
-async def send_express(io: Transport, data: bytes | bytearray) -> int:
-    """One chunk, encrypted and sent at once; on a socket, tried without waiting.
-
-    Returns how much of ``data`` was encrypted. Everything but a TLS 1.2
-    renegotiation (which leaves the rest for _send_chunked) finishes here,
-    with trio's checkpoint.
+    It is handshake messages of a renegotiation or a post-handshake reply,
+    which the peer waits for, so cutting them short breaks everything. Sent
+    by the send lane's holder if there is one (it sends everything queued),
+    else owed (transport rule 5): tried on the socket at once, or sent by the
+    stream's own task. Raises the stream's failure if that leaves nothing to
+    return (``data``, the read's result, is handed out first).
     """
-    engine = io.engine
-    io.sending = True
-    try:
-        try:
-            written = engine.write(data) or 0
-        except ssl.SSLError as exc:
-            await io.fail(exc, "TLS error while sending", lane_held=True)
-        io.counters.plaintext_sent += written
-        if written != len(data):
-            return written
-        if io.try_send is None:
-            yielded = await io.send_queued_holding_lane()
+    send_stop = io.send_stop
+    if send_stop is not None:
+        io.engine.data_to_send()  # it can never be sent
+        if send_stop.kind is StopKind.BROKEN:
+            # The peer would wait for it forever, and we for the peer.
+            io.stop(
+                Stop(
+                    StopKind.BROKEN,
+                    "the peer started a TLS exchange (a renegotiation or a "
+                    "post-handshake message) that needs an answer, and this "
+                    f"stream can no longer send: {send_stop.message}",
+                    send_stop.cause,
+                )
+            )
+            if not data:
+                io.raise_closed_or_broken()
+    else:
+        io.handshake_output_queued = True
+        if io.fast_path is not None:
+            io.send_owed_now()
+            if io.receive_stop is not None and not data:
+                io.raise_closed_or_broken()
         else:
-            # What did not fit waits for room the ordinary way.
-            yielded = not io.send_now() and await io.send_queued_holding_lane()
-    finally:
-        io.release_send_lane()
-    if not yielded:
-        await cancel_shielded_checkpoint()
-    return written
+            io.send_owed_in_background()
 
 
 async def send_chunked(io: Transport, data: bytes | bytearray | memoryview, written: int) -> None:

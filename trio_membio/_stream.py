@@ -64,15 +64,14 @@ from ._operations import (
     PLAINTEXT_CHUNK,
     authenticate_client,
     drive_handshake,
-    receive_plaintext,
+    handle_read_output,
     send_chunked,
-    send_express,
     shut_down_both_ways,
 )
 from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, StopKind
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
-from ._transport import ALERT_TIMEOUT, Transport
+from ._transport import ALERT_TIMEOUT, TRUNCATED, Transport
 
 __all__ = ["MemoryBIOStream", "PeerCertificate"]
 
@@ -467,9 +466,36 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         return b""
                     raise
                 yielded = True
-            return await receive_plaintext(
-                self._io, max_bytes, yielded, self._info.https_compatible
-            )
+            # Decrypt, receiving as needed, until there is something to
+            # return. Inline, not a helper: this is the hottest path.
+            engine = self._engine
+            io = self._io
+            output_bio = engine.output_bio
+            while True:
+                try:
+                    data = engine.read(max_bytes)
+                except TLSTruncationError as exc:
+                    if self._info.https_compatible:
+                        io.counters.end(ConnectionEnd.TRUNCATED)
+                        if not yielded:
+                            await cancel_shielded_checkpoint()
+                        return b""
+                    await io.fail(exc, TRUNCATED)
+                except ssl.SSLError as exc:
+                    await io.fail(exc, "TLS error while receiving")
+                if output_bio.pending:
+                    handle_read_output(io, data)
+                if data is not None:
+                    if data:
+                        io.counters.plaintext_received += len(data)
+                        if io.change_event is not None:
+                            io.notify_change()  # a writer may wait for room (engine rule 7)
+                    else:
+                        io.counters.end(ConnectionEnd.CLOSE_NOTIFY)
+                    if not yielded:
+                        await cancel_shielded_checkpoint()
+                    return data
+                yielded = await io.receive_ciphertext() or yielded
         finally:
             conflict.in_use = False
 
@@ -521,12 +547,35 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 and not io.sending
                 and not io.handshake_output_queued
             ):
-                written = await send_express(self._io, data)  # type: ignore[arg-type]  # checked above
+                # The express lane: one chunk, encrypted and sent at once; on
+                # a socket, tried without waiting. Inline, not a helper: this
+                # is the hottest path, and an await costs a coroutine.
+                engine = self._engine
+                io.sending = True
+                try:
+                    try:
+                        written = engine.write(data) or 0
+                    except ssl.SSLError as exc:
+                        await io.fail(exc, "TLS error while sending", lane_held=True)
+                    io.counters.plaintext_sent += written
+                    if written == len(data):
+                        if io.try_send is None:
+                            yielded = await io.send_queued_holding_lane()
+                        else:
+                            # What did not fit waits for room the ordinary way.
+                            yielded = not io.send_now() and await io.send_queued_holding_lane()
+                finally:
+                    io.sending = False
+                    if io.change_event is not None:
+                        io.notify_change()
                 if written == len(data):
+                    if not yielded:
+                        await cancel_shielded_checkpoint()
                     return
+                # A TLS 1.2 renegotiation stopped it: the rest goes below.
             else:
                 written = 0
-            await send_chunked(self._io, data, written)
+            await send_chunked(io, data, written)
         finally:
             conflict.in_use = False
 

@@ -12,7 +12,7 @@ counters, and the condition of each direction (``send_stop`` and
 
 1. **One funnel.** Every byte that crosses the transport goes through
    :meth:`Transport.send`, :meth:`Transport.send_now` (the socket fast path's
-   non-blocking try) or :meth:`Transport.receive`, and
+   non-blocking try) or :meth:`Transport.receive_ciphertext`, and
    :meth:`Transport.wait_send_all_might_not_block` is the only other call on
    it. Each records its outcome right there, by one rule:
 
@@ -134,9 +134,10 @@ class Transport:
     """One stream's transport, lanes, counters and direction stops (see the module doc)."""
 
     __slots__ = (
-        "_changed",
         "_receive_scope",
+        "_waiting_on_socket",
         "background_sending",
+        "change_event",
         "counters",
         "engine",
         "fast_path",
@@ -171,9 +172,11 @@ class Transport:
         #: Handshake bytes (the handshake, a renegotiation, a post-handshake
         #: reply) are in the send queue: cutting it short breaks everything.
         self.handshake_output_queued = False
-        self._changed: trio.Event | None = None
-        # The scope of a transport receive (or wait to receive) in progress.
+        self.change_event: trio.Event | None = None
+        # The scope of a generic transport receive in progress, and whether
+        # a fast-path receive waits on the socket (stop() wakes either).
         self._receive_scope: trio.CancelScope | None = None
+        self._waiting_on_socket = False
         #: While the stream's own task sends owed output (rule 5): set when
         #: it has finished. It holds the send lane meanwhile.
         self.background_sending: trio.Event | None = None
@@ -193,6 +196,9 @@ class Transport:
             self.receive_stop = stop
             if self._receive_scope is not None:
                 self._receive_scope.cancel()
+            elif self._waiting_on_socket:
+                assert self.fast_path is not None
+                trio.lowlevel.notify_closing(self.fast_path.socket)
         self.notify_change()
 
     def break_after(self, exc: BaseException | None, message: str, *, whole: bool) -> Stop:
@@ -273,65 +279,6 @@ class Transport:
         self.handshake_output_queued = False
         return True
 
-    async def receive(self) -> bool:
-        """One transport receive into the engine, in this task; whether it yielded.
-
-        The caller holds the receive lane. Records the outcome (rule 1).
-        """
-        data: bytes | bytearray | None
-        try:
-            fast_path = self.fast_path
-            if fast_path is None:
-                # Cancelled by stop() once receiving can no longer succeed (a
-                # send the peer waits for failed in another task): the result
-                # of this receive no longer matters, and it might never come.
-                data = None
-                try:
-                    with trio.CancelScope() as self._receive_scope:
-                        data = await self.stream.receive_some(TRANSPORT_RECEIVE_SIZE)
-                finally:
-                    self._receive_scope = None
-                yielded = True
-            else:
-                data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
-                yielded = data is None
-                if data is None:
-                    data = await self._wait_and_receive(fast_path)
-        except Exception as exc:
-            raise self._receive_failed(exc) from exc
-        if data is None:
-            self.raise_closed_or_broken()
-        engine = self.engine
-        if data:
-            self.counters.ciphertext_received += len(data)
-            engine.receive_data(data)
-        else:
-            engine.receive_eof()
-        self.receive_count += 1
-        return yielded
-
-    async def _wait_and_receive(self, fast_path: SocketFastPath) -> bytes | None:
-        """Fast path: wait for the socket and receive; None if receiving stopped meanwhile.
-
-        Only waits are cancelled by stop() here, never a transport call.
-        """
-        data = None
-        try:
-            with trio.CancelScope() as self._receive_scope:
-                while data is None:
-                    if self.output_owed():
-                        # Rule 5: wait to read or to write, sending what fits.
-                        await self._wait_to_read_or_write(fast_path)
-                        self.send_owed_now()
-                        if self.receive_stop is not None:
-                            break  # the send stopped everything: raised below
-                    else:
-                        await trio.lowlevel.wait_readable(fast_path.socket)
-                    data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
-        finally:
-            self._receive_scope = None
-        return data
-
     async def wait_send_all_might_not_block(self) -> None:
         """The transport's own wait; a failure stops sending like a failed send."""
         try:
@@ -386,7 +333,7 @@ class Transport:
 
     def release_send_lane(self) -> None:
         self.sending = False
-        if self._changed is not None:
+        if self.change_event is not None:
             self.notify_change()
 
     def check_sending(self, *, closing: bool = False) -> None:
@@ -495,10 +442,59 @@ class Transport:
             self.send_owed_in_background()
         self.receiving = True
         try:
-            return await self.receive()
+            # The funnel's receive half: one transport receive into the
+            # engine, its outcome recorded (rule 1).
+            data: bytes | bytearray | None
+            try:
+                fast_path = self.fast_path
+                if fast_path is None:
+                    # Cancelled by stop() once receiving can no longer succeed (a
+                    # send the peer waits for failed in another task): the result
+                    # of this receive no longer matters, and it might never come.
+                    data = None
+                    try:
+                        with trio.CancelScope() as self._receive_scope:
+                            data = await self.stream.receive_some(TRANSPORT_RECEIVE_SIZE)
+                    finally:
+                        self._receive_scope = None
+                    yielded = True
+                else:
+                    data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
+                    yielded = data is None
+                    # Waits only, never a transport call, and stop() wakes
+                    # them (notify_closing) once receiving can no longer
+                    # succeed: a flag, not a cancel scope, on every
+                    # receive's path.
+                    self._waiting_on_socket = True
+                    while data is None:
+                        if self.output_owed():
+                            # Rule 5: wait to read or to write, sending what fits.
+                            await self._wait_to_read_or_write(fast_path)
+                            self.send_owed_now()
+                            if self.receive_stop is not None:
+                                break  # the send stopped everything: raised below
+                        else:
+                            await trio.lowlevel.wait_readable(fast_path.socket)
+                        data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
+            except Exception as exc:
+                if self.receive_stop is not None and isinstance(exc, trio.ClosedResourceError):
+                    self.receive_stop.raise_error()  # woken by stop(), or closed under us
+                raise self._receive_failed(exc) from exc
+            finally:
+                self._waiting_on_socket = False
+            if data is None:
+                self.raise_closed_or_broken()
+            engine = self.engine
+            if data:
+                self.counters.ciphertext_received += len(data)
+                engine.receive_data(data)
+            else:
+                engine.receive_eof()
+            self.receive_count += 1
+            return yielded
         finally:
             self.receiving = False
-            if self._changed is not None:
+            if self.change_event is not None:
                 self.notify_change()
 
     async def _wait_for_other_receiver(self) -> bool:
@@ -581,17 +577,17 @@ class Transport:
 
     async def wait_for_change(self) -> None:
         """Wait until a lane, the handshake or a stop changes."""
-        event = self._changed
+        event = self.change_event
         if event is None:
-            event = self._changed = trio.Event()
+            event = self.change_event = trio.Event()
         await event.wait()
         if self.closed:
             raise trio.ClosedResourceError("this MemoryBIOStream was closed while this task waited")
 
     def notify_change(self) -> None:
-        event = self._changed
+        event = self.change_event
         if event is not None:
-            self._changed = None
+            self.change_event = None
             event.set()
 
     def raise_closed_or_broken(self) -> NoReturn:
