@@ -33,6 +33,8 @@ PUBLIC_MODULES = {
     "trio_membio.testing": "each",
     "trio_membio.testing.strategies": "automodule",
     "trio_membio.httpcore": "automodule",
+    "trio_membio.httpx": "each",
+    "trio_membio.hypercorn": "automodule",
 }
 
 DIRECTIVE = re.compile(

@@ -56,6 +56,8 @@ REQUIRED_FILES = {
     "trio_membio/__main__.py",
     "trio_membio/py.typed",
     "trio_membio/httpcore.py",
+    "trio_membio/httpx.py",
+    "trio_membio/hypercorn.py",
     "trio_membio/_cli/__init__.py",
     "trio_membio/_cli/_common.py",
     "trio_membio/_cli/_http_server.py",
@@ -308,3 +310,23 @@ def test_the_sdist_carries_the_licence_and_what_the_tests_need(tmp_path: Path) -
     assert not missing, f"missing from {sdist.name}: {sorted(missing)}"
     assert text.startswith("MIT License\n\nCopyright (c) 2026 the trio_membio developers\n")
     assert text == (ROOT / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [("trio_membio.httpx", "httpx", "httpx"), ("trio_membio.hypercorn", "hypercorn", "hypercorn")],
+)
+def test_an_optional_module_without_its_extra_names_the_extra(
+    module: str, missing: str, extra: str
+) -> None:
+    # sys.modules[name] = None makes "import name" raise ImportError, as if
+    # the package were not installed.
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        f"try:\n    import {module}\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert f"pip install 'trio-membio[{extra}]'" in completed.stdout, completed.stdout

@@ -54,7 +54,7 @@ from typing import TypeVar
 try:
     import httpcore
     import httpx
-except ImportError as _httpx_missing:  # pragma: no cover - tested with httpx hidden
+except ImportError as _httpx_missing:  # pragma: no cover - run in a subprocess by a test
     raise ImportError(
         "trio_membio.httpx needs httpx; install it with: pip install 'trio-membio[httpx]'",
         name=__name__,

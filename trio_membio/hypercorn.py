@@ -43,13 +43,21 @@ from random import randint
 from typing import Literal, cast
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ConnectionState, Framework, LifespanState
-from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+try:
+    from hypercorn.config import Config
+    from hypercorn.trio.lifespan import Lifespan
+    from hypercorn.trio.statsd import StatsdLogger
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.typing import AppWrapper, ConnectionState, Framework, LifespanState
+    from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+except ImportError as _hypercorn_missing:  # pragma: no cover - run in a subprocess by a test
+    raise ImportError(
+        "trio_membio.hypercorn needs hypercorn; install it with: "
+        "pip install 'trio-membio[hypercorn]'",
+        name=__name__,
+    ) from _hypercorn_missing
 
 from ._listener import MemoryBIOListener
 
