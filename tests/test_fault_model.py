@@ -70,7 +70,7 @@ from trio_membio.testing import (
 )
 
 from .helpers import HOSTNAME
-from .test_renegotiation import pyopenssl_context, trio_context
+from .peers import pyopenssl_context, trio_context
 from .transports import DroppingReceiveStream
 
 if sys.version_info < (3, 11):

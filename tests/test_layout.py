@@ -17,12 +17,7 @@ TESTS = Path(__file__).parent
 
 # Modules that still import a test module, each with the reason; the second
 # test below fails once one no longer does, so the list only shrinks.
-KNOWN: dict[str, str] = {
-    "test_fault_model.py": (
-        "imports pyopenssl_context and trio_context from test_renegotiation.py; "
-        "they live in tests/peers.py now, and the module's owner moves the import"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -39,12 +39,7 @@ from .helpers import (
     receive_exactly,
     receive_forever,
 )
-from .peers import Role, renegotiation_in_progress
-
-# Re-exported (the "as" form) only because test_fault_model.py, which another
-# change owns, still imports the contexts from here; they live in peers.py.
-from .peers import pyopenssl_context as pyopenssl_context
-from .peers import trio_context as trio_context
+from .peers import Role, pyopenssl_context, renegotiation_in_progress, trio_context
 from .transports import opened
 
 R = TypeVar("R")
