@@ -114,6 +114,12 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             and application. If None and the ``trio_membio.trace`` logger is
             enabled for DEBUG when the stream is created, events are logged
             there.
+        initial_data: Bytes already read from ``transport_stream`` that
+            belong to the TLS stream: a server that read a ``STARTTLS`` line
+            (SMTP, IMAP, XMPP, PostgreSQL's SSLRequest) or peeked at the first
+            bytes to tell TLS from plaintext on one port often holds the start
+            of the ClientHello already. They are fed to TLS before anything
+            is read from the transport (trio issue #195).
 
     Any exception the transport raises (not only trio's own) stops the
     direction it happened in, and is raised as
@@ -143,6 +149,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         https_compatible: bool = False,
         session: ssl.SSLSession | None = None,
         trace: TraceCallback | None = None,
+        initial_data: bytes | bytearray | memoryview = b"",
     ) -> None:
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
@@ -171,6 +178,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._engine = engine
         self._io = Transport(transport_stream, engine, counters)
         self._info = ConnectionInfo(engine, counters, https_compatible=https_compatible)
+        if initial_data:
+            # Read from the transport before the stream existed (STARTTLS,
+            # protocol sniffing): the start of the TLS data, fed first.
+            counters.ciphertext_received += len(initial_data)
+            engine.receive_data(initial_data)
         self._lifecycle = Lifecycle.HANDSHAKE_PENDING
         self._send_conflict = ConflictDetector(
             "another task is already sending on this MemoryBIOStream "
