@@ -6,8 +6,8 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -25,6 +25,8 @@ from .helpers import HOSTNAME, client_context, handshake_both, server_context
 from .transports import ResettingStream
 
 SocketTLS = MemoryBIOStream[trio.SocketStream]
+GenericTLS = MemoryBIOStream[trio.abc.Stream]
+StreamT = TypeVar("StreamT", bound=MemoryBIOStream[Any])
 
 
 def socket_pair() -> tuple[SocketTLS, SocketTLS]:
@@ -32,6 +34,24 @@ def socket_pair() -> tuple[SocketTLS, SocketTLS]:
     client = MemoryBIOStream(trio.SocketStream(left), client_context(), server_hostname=HOSTNAME)
     server = MemoryBIOStream(trio.SocketStream(right), server_context(), server_side=True)
     return client, server
+
+
+@contextlib.asynccontextmanager
+async def handshaken(client: StreamT, server: StreamT) -> AsyncIterator[tuple[StreamT, StreamT]]:
+    """The pair after a handshake; closed on the way out."""
+    await handshake_both(client, server)
+    try:
+        yield client, server
+    finally:
+        await client.aclose()
+        await server.aclose()
+
+
+@pytest.fixture
+async def socket_streams() -> AsyncIterator[tuple[SocketTLS, SocketTLS]]:
+    """:func:`socket_pair`, handshaken, closed after the test."""
+    async with handshaken(*socket_pair()) as streams:
+        yield streams
 
 
 async def test_fast_path_only_for_socket_streams() -> None:
@@ -46,21 +66,21 @@ async def test_fast_path_only_for_socket_streams() -> None:
     right.close()
 
 
-async def test_checkpoints_when_the_socket_is_ready() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_checkpoints_when_the_socket_is_ready(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     with assert_checkpoints():
         await client.send_all(b"fits in the socket buffer")
     await trio.testing.wait_all_tasks_blocked()
     with assert_checkpoints():
         assert await server.receive_some() == b"fits in the socket buffer"
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_large_send_waits_for_the_reader_and_arrives_whole() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_large_send_waits_for_the_reader_and_arrives_whole(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     payload = bytes(range(256)) * 40_000  # 10 MB: far beyond the socket buffers
     received = bytearray()
 
@@ -73,22 +93,18 @@ async def test_large_send_waits_for_the_reader_and_arrives_whole() -> None:
             nursery.start_soon(read_all)
             await client.send_all(payload)
     assert received == payload
-    await client.aclose()
-    await server.aclose()
 
 
 async def test_cancelled_while_waiting_to_write_breaks_sending_only(
+    socket_streams: tuple[SocketTLS, SocketTLS],
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+    client, _ = socket_streams
     with trio.move_on_after(1) as scope:
         await client.send_all(bytes(20_000_000))  # nobody reads: the socket fills
     assert scope.cancelled_caught
     with pytest.raises(trio.BrokenResourceError, match="earlier send"):
         await client.send_all(b"x")
-    await client.aclose()
-    await server.aclose()
 
 
 async def close_under_a_waiting_receiver(
@@ -112,10 +128,10 @@ async def close_under_a_waiting_receiver(
 
 
 async def test_a_send_cancelled_half_way_counts_what_reached_the_socket(
+    socket_streams: tuple[SocketTLS, SocketTLS],
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+    client, server = socket_streams
     before = client.statistics().ciphertext_sent
     with trio.move_on_after(1):
         await client.send_all(bytes(20_000_000))  # nobody reads: the socket fills
@@ -126,19 +142,17 @@ async def test_a_send_cancelled_half_way_counts_what_reached_the_socket(
             on_the_wire += len(chunk)
     assert on_the_wire > 0
     assert client.statistics().ciphertext_sent - before == on_the_wire
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_aclose_wakes_a_blocked_receiver() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_aclose_wakes_a_blocked_receiver(socket_streams: tuple[SocketTLS, SocketTLS]) -> None:
+    client, server = socket_streams
     await close_under_a_waiting_receiver(client, server, holding_send_lane=False)
 
 
-async def test_aclose_sends_the_rest_of_close_notify_the_socket_did_not_take() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_aclose_sends_the_rest_of_close_notify_the_socket_did_not_take(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     try_send = client._io.try_send
     assert try_send is not None
     # The socket takes only 5 bytes at once: the rest goes out by waiting.
@@ -150,9 +164,10 @@ async def test_aclose_sends_the_rest_of_close_notify_the_socket_did_not_take() -
     await server.aclose()
 
 
-async def test_never_touches_a_reused_descriptor() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_never_touches_a_reused_descriptor(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, _ = socket_streams
     old_descriptor = client.transport_stream.socket.fileno()
     await client.transport_stream.aclose()  # closed behind the TLS stream's back
     # The kernel hands out the lowest free number, so one end of a new pair
@@ -181,13 +196,12 @@ async def test_never_touches_a_reused_descriptor() -> None:
             os.close(old_descriptor)
         intruder.close()
         partner.close()
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_connection_reset_is_broken_resource() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_connection_reset_is_broken_resource(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     raw = server.transport_stream.socket
     # SO_LINGER with a zero timeout makes close() send a TCP RST on TCP; on a
     # UNIX socket pair, closing gives the reader EOF or ECONNRESET.
@@ -196,16 +210,15 @@ async def test_connection_reset_is_broken_resource() -> None:
     raw.close()
     with pytest.raises(trio.BrokenResourceError):
         await client.receive_some()
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_small_sends_into_a_full_socket_queue_in_order() -> None:
+async def test_small_sends_into_a_full_socket_queue_in_order(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
     # One-record sends (the express path) that the socket takes only in part:
     # the rest goes back to the front of the queue and waits for room, and
     # the peer still receives every byte, in order.
-    client, server = socket_pair()
-    await handshake_both(client, server)
+    client, server = socket_streams
     chunks = [bytes([i]) * 65536 for i in range(64)]  # 4 MiB, far beyond the buffers
 
     async def send_everything() -> None:
@@ -221,15 +234,13 @@ async def test_small_sends_into_a_full_socket_queue_in_order() -> None:
             while len(received) < len(chunks) * 65536:
                 received += await server.receive_some()
     assert received == b"".join(chunks)
-    await client.aclose()
-    await server.aclose()
 
 
 async def test_cancelled_small_send_on_a_full_socket_breaks_sending_only(
+    socket_streams: tuple[SocketTLS, SocketTLS],
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+    client, server = socket_streams
     with trio.move_on_after(1) as scope:
         while True:  # nobody reads: some send ends up half-written, waiting
             await client.send_all(bytes(65536))
@@ -238,21 +249,18 @@ async def test_cancelled_small_send_on_a_full_socket_breaks_sending_only(
         await client.send_all(b"x")
     await server.send_all(b"receiving still works")
     assert await client.receive_some() == b"receiving still works"
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_send_after_the_transport_sent_eof_names_the_cause() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_send_after_the_transport_sent_eof_names_the_cause(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     await client.transport_stream.send_eof()  # behind the TLS layer's back
     with pytest.raises(trio.BrokenResourceError, match="after sending EOF") as info:
         await client.send_all(b"x")
     assert isinstance(info.value.__cause__, trio.ClosedResourceError)
     await server.send_all(b"receiving still works")
     assert await client.receive_some() == b"receiving still works"
-    await client.aclose()
-    await server.aclose()
 
 
 _PATTERN = bytes(range(256)) * 300
@@ -329,9 +337,10 @@ def queue_records(stream: MemoryBIOStream[Any], plaintext: bytes) -> None:
         stream._engine.write(plaintext[start : start + 16384])
 
 
-async def test_receiver_sends_queued_output_once_the_socket_has_room() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_receiver_sends_queued_output_once_the_socket_has_room(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     client._engine.write(b"queued by a read")  # in the outgoing BIO, not sent
     async with trio.open_nursery() as nursery:
         received: list[bytes] = []
@@ -345,13 +354,12 @@ async def test_receiver_sends_queued_output_once_the_socket_has_room() -> None:
             assert await server.receive_some() == b"queued by a read"
             await server.send_all(b"answer")
     assert received == [b"answer"]
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_full_socket_does_not_stop_the_receiver_from_reading() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_full_socket_does_not_stop_the_receiver_from_reading(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     queued = bytes(range(256)) * 16384  # 4 MiB: far more than the socket holds
     queue_records(client, queued)
     async with trio.open_nursery() as nursery:
@@ -374,22 +382,21 @@ async def test_full_socket_does_not_stop_the_receiver_from_reading() -> None:
             while len(got) < len(queued) + len(b" and more"):
                 got += await server.receive_some()
     assert got == queued + b" and more"
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_closing_the_stream_wakes_a_receiver_waiting_to_read_or_write() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_closing_the_stream_wakes_a_receiver_waiting_to_read_or_write(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     queue_records(client, bytes(4 * 1024 * 1024))
     await close_under_a_waiting_receiver(client, server, holding_send_lane=True)
 
 
 async def test_cancelled_while_waiting_to_read_or_write_loses_nothing(
+    socket_streams: tuple[SocketTLS, SocketTLS],
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+    client, server = socket_streams
     queued = bytes(range(256)) * 16384  # 4 MiB
     queue_records(client, queued)
     assert await raises_bare_cancelled(client.receive_some(), after=1)  # fills, then waits
@@ -402,16 +409,15 @@ async def test_cancelled_while_waiting_to_read_or_write_loses_nothing(
     assert got == queued + b"!"
     await server.send_all(b"still receiving")
     assert await client.receive_some() == b"still receiving"
-    await client.aclose()
-    await server.aclose()
 
 
-async def test_queued_reply_that_cannot_be_sent_breaks_the_stream() -> None:
+async def test_queued_reply_that_cannot_be_sent_breaks_the_stream(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
     # A read's output (a renegotiation or post-handshake reply) that can never
     # reach the peer: the peer would wait for it forever, and we for the peer,
     # so both directions stop, naming the failed send.
-    client, server = socket_pair()
-    await handshake_both(client, server)
+    client, server = socket_streams
     client._engine.write(b"queued by a read")
     server.transport_stream.socket.close()  # the peer is gone: writes fail
     with pytest.raises(trio.BrokenResourceError, match="failed while sending") as caught:
@@ -419,8 +425,6 @@ async def test_queued_reply_that_cannot_be_sent_breaks_the_stream() -> None:
     assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
     with pytest.raises(trio.BrokenResourceError, match="failed while sending"):
         await client.send_all(b"x")
-    await client.aclose()
-    await server.aclose()
 
 
 async def test_final_flight_sent_by_a_receive_clears_the_handshake_mark(
@@ -462,9 +466,10 @@ async def _drive_in(stream: SocketTLS, scope: trio.CancelScope) -> None:
         await stream.do_handshake()
 
 
-async def test_plaintext_in_hand_comes_before_a_failed_send_of_queued_output() -> None:
-    client, server = socket_pair()
-    await handshake_both(client, server)
+async def test_plaintext_in_hand_comes_before_a_failed_send_of_queued_output(
+    socket_streams: tuple[SocketTLS, SocketTLS],
+) -> None:
+    client, server = socket_streams
     client._engine.write(b"queued TLS output")  # as a read would queue it
     client._engine.put_back(b"authentic plaintext")  # decrypted earlier
     # The whole stream broke earlier; its authentic plaintext is still owed.
@@ -473,15 +478,13 @@ async def test_plaintext_in_hand_comes_before_a_failed_send_of_queued_output() -
     assert await client.receive_some() == b"authentic plaintext"
     with pytest.raises(trio.BrokenResourceError, match="while receiving: reset"):
         await client.receive_some()
-    await client.aclose()
-    await server.aclose()
 
 
 # Lanes rule 6 over a transport driven through its methods (no try-send): a
 # receive that must send queued output goes on reading while it sends.
 
 
-def method_pair() -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]:
+def method_pair() -> tuple[GenericTLS, GenericTLS]:
     left, right = trio.socket.socketpair()
     client_socket, server_socket = trio.SocketStream(left), trio.SocketStream(right)
     client = MemoryBIOStream(
@@ -494,16 +497,26 @@ def method_pair() -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[tri
     return client, server
 
 
-async def test_generic_receiver_reads_while_its_queued_output_waits_for_the_peer() -> None:
-    # The peer writes 512 KiB, more than the sockets hold, and reads only
-    # after that. A receive that only sent its 4 MiB of queued output would
-    # wait for the peer forever, and the peer for it.
-    client, server = method_pair()
-    await handshake_both(client, server)
+@pytest.fixture
+async def method_streams() -> AsyncIterator[tuple[GenericTLS, GenericTLS]]:
+    """:func:`method_pair`, handshaken, closed after the test."""
+    async with handshaken(*method_pair()) as streams:
+        yield streams
+
+
+async def exchange_while_owed_output_waits(
+    client: GenericTLS,
+    server: GenericTLS,
+    answer: bytes,
+    *,
+    seconds: float,
+    after_each_read: Callable[[], None] = lambda: None,
+) -> None:
+    """Queue 4 MiB of output in ``client``; a peer sends ``answer`` before it
+    reads any of that. Both sides must receive everything, and the client's
+    stream must work afterwards."""
     queued = bytes(range(256)) * 16384  # 4 MiB
     queue_records(client, queued)
-    answer = bytes(range(255, -1, -1)) * 2048  # 512 KiB
-    received = bytearray()
     got = bytearray()
 
     async def peer() -> None:
@@ -511,56 +524,52 @@ async def test_generic_receiver_reads_while_its_queued_output_waits_for_the_peer
         while len(got) < len(queued):
             got.extend(await server.receive_some())
 
-    with trio.fail_after(20):
+    received = bytearray()
+    with trio.fail_after(seconds):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer)
             while len(received) < len(answer):
                 received.extend(await client.receive_some())
+                after_each_read()
     assert received == answer
     assert got == queued
     await client.send_all(b"after")
     assert await server.receive_some() == b"after"
-    await client.aclose()
-    await server.aclose()
+
+
+async def test_generic_receiver_reads_while_its_queued_output_waits_for_the_peer(
+    method_streams: tuple[GenericTLS, GenericTLS],
+) -> None:
+    # The peer writes 512 KiB, more than the sockets hold, and reads only
+    # after that. A receive that only sent its 4 MiB of queued output would
+    # wait for the peer forever, and the peer for it.
+    client, server = method_streams
+    answer = bytes(range(255, -1, -1)) * 2048  # 512 KiB
+    await exchange_while_owed_output_waits(client, server, answer, seconds=20)
 
 
 async def test_generic_receiver_reads_on_demand_while_its_owed_output_waits(
+    method_streams: tuple[GenericTLS, GenericTLS],
     autojump_clock: trio.abc.Clock,
 ) -> None:
     # Against a peer that writes 4 MiB before it reads anything, the owed
     # output waits in the stream's own task while receive_some() hands out
     # the peer's data as it comes, reading only on demand (never more than
     # one transport receive ahead), and nothing is cut short.
-    client, server = method_pair()
-    await handshake_both(client, server)
-    queued = bytes(range(256)) * 16384  # 4 MiB
-    queue_records(client, queued)
-    answer = bytes(4 * 1024 * 1024)
-    got = bytearray()
+    client, server = method_streams
 
-    async def peer() -> None:
-        await server.send_all(answer)
-        while len(got) < len(queued):
-            got.extend(await server.receive_some())
+    def reads_only_on_demand() -> None:
+        assert client._engine.buffered_ciphertext <= TRANSPORT_RECEIVE_SIZE
 
-    received = bytearray()
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(peer)
-            while len(received) < len(answer):
-                received.extend(await client.receive_some())
-                assert client._engine.buffered_ciphertext <= TRANSPORT_RECEIVE_SIZE
-    assert received == answer
-    assert got == queued
-    await client.send_all(b"after")
-    assert await server.receive_some() == b"after"
-    await client.aclose()
-    await server.aclose()
+    await exchange_while_owed_output_waits(
+        client, server, bytes(4 * 1024 * 1024), seconds=60, after_each_read=reads_only_on_demand
+    )
 
 
-async def test_generic_receiver_reading_while_sending_wakes_on_close() -> None:
-    client, server = method_pair()
-    await handshake_both(client, server)
+async def test_generic_receiver_reading_while_sending_wakes_on_close(
+    method_streams: tuple[GenericTLS, GenericTLS],
+) -> None:
+    client, server = method_streams
     queue_records(client, bytes(4 * 1024 * 1024))  # the peer never reads it
     # Sending, and reading meanwhile.
     await close_under_a_waiting_receiver(client, server, holding_send_lane=True)
@@ -568,7 +577,7 @@ async def test_generic_receiver_reading_while_sending_wakes_on_close() -> None:
 
 async def reset_while_sending_queued_output(
     in_hand: bytes = b"", *, handshake_flight_queued: bool = False, sends_too: bool = False
-) -> tuple[MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]]:
+) -> tuple[GenericTLS, GenericTLS]:
     """A generic-path client whose transport resets while a receive sends
     4 MiB of queued output the peer never reads (``sends_too``: the send
     side resets at the same moment)."""
