@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import trio
@@ -28,6 +29,16 @@ from trio_membio.testing import TLSVersion as TLSVersion
 HOSTNAME = DEFAULT_HOSTNAME
 
 Operation = Callable[[], Awaitable[object]]
+# MemoryBIOStream's public async methods, by name, for tests that call each in turn.
+StreamOperation = Literal[
+    "do_handshake",
+    "send_all",
+    "receive_some",
+    "wait_send_all_might_not_block",
+    "send_eof",
+    "unwrap",
+    "aclose",
+]
 HANG = 10.0  # seconds (virtual, under the autojump clock) after which a wait is a hang
 # An application_data record that cannot decrypt, as an attacker could inject.
 FORGED_RECORD = b"\x17\x03\x03\x00\x30" + bytes(48)

@@ -53,7 +53,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import pytest
 import trio
@@ -69,7 +69,7 @@ from trio_membio.testing import (
     memory_tls_stream_pair,
 )
 
-from .helpers import HOSTNAME
+from .helpers import HOSTNAME, StreamOperation
 from .peers import pyopenssl_context, trio_context
 from .transports import DroppingReceiveStream
 
@@ -77,19 +77,11 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 Phase = Literal["handshake", "established", "renegotiating", "after_close_notify"]
-Operation = Literal[
-    "do_handshake",
-    "send_all",
-    "receive_some",
-    "wait_send_all_might_not_block",
-    "send_eof",
-    "unwrap",
-    "aclose",
-]
 TransportKind = Literal["memory", "lockstep"]
 Direction = Literal["send", "receive", "wait"]
 Scope = Literal["intact", "sending", "receiving", "whole", "closed"]
 Stream = MemoryBIOStream[FaultyStream]
+TransportT = TypeVar("TransportT", bound=trio.abc.Stream)
 
 PHASES: tuple[Phase, ...] = ("handshake", "established", "renegotiating", "after_close_notify")
 TRANSPORTS: tuple[TransportKind, ...] = ("memory", "lockstep")
@@ -106,7 +98,7 @@ SEND_KINDS = frozenset({"send", "send_eof"})
 # Which transport directions an operation uses in a phase (the client's side).
 # "wait" is the transport's wait_send_all_might_not_block: a send-direction
 # operation that moves no bytes. A fault is only tested where it can fire.
-USES: dict[tuple[Phase, Operation], frozenset[Direction]] = {
+USES: dict[tuple[Phase, StreamOperation], frozenset[Direction]] = {
     ("handshake", "do_handshake"): frozenset({"send", "receive"}),
     ("handshake", "send_all"): frozenset({"send", "receive"}),
     ("handshake", "receive_some"): frozenset({"send", "receive"}),
@@ -358,7 +350,7 @@ class Cell:
     """The client under test, its peer, and what the client's calls completed."""
 
     phase: Phase
-    operation: Operation
+    operation: StreamOperation
     client: Stream
     peer: StreamPeer | RenegotiatingPeer
     nursery: trio.Nursery
@@ -407,7 +399,7 @@ class Cell:
 
 @contextlib.asynccontextmanager
 async def open_cell(
-    phase: Phase, operation: Operation, transport: TransportKind, tmp_path: Path
+    phase: Phase, operation: StreamOperation, transport: TransportKind, tmp_path: Path
 ) -> AsyncIterator[Cell]:
     """Bring a client to ``phase``, with its peer running in the background."""
     try:
@@ -422,7 +414,7 @@ async def open_cell(
 
 @contextlib.asynccontextmanager
 async def _cell_in_nursery(
-    phase: Phase, operation: Operation, transport: TransportKind, tmp_path: Path
+    phase: Phase, operation: StreamOperation, transport: TransportKind, tmp_path: Path
 ) -> AsyncIterator[Cell]:
     async with trio.open_nursery() as nursery:
         if phase == "renegotiating":
@@ -448,21 +440,36 @@ async def _cell_in_nursery(
             nursery.cancel_scope.cancel()
 
 
-async def _renegotiating_cell(
-    operation: Operation, transport: TransportKind, tmp_path: Path, nursery: trio.Nursery
-) -> Cell:
-    client_transport, server_transport = (
-        trio.testing.memory_stream_pair()
-        if transport == "memory"
-        else trio.testing.lockstep_stream_pair()
-    )
-    client: Stream = MemoryBIOStream(
-        FaultyStream(client_transport), trio_context("client"), server_hostname=HOSTNAME
-    )
+def transport_pair(transport: TransportKind) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """Two connected byte streams of the kind a cell runs over."""
+    if transport == "memory":
+        return trio.testing.memory_stream_pair()
+    return trio.testing.lockstep_stream_pair()
+
+
+async def connect_to_renegotiating_peer(
+    client_transport: TransportT,
+    server_transport: trio.abc.Stream,
+    tmp_path: Path,
+    nursery: trio.Nursery,
+) -> tuple[MemoryBIOStream[TransportT], RenegotiatingPeer]:
+    """Our client over ``client_transport``, handshaken with a
+    :class:`RenegotiatingPeer` whose tasks run in ``nursery``."""
+    client = MemoryBIOStream(client_transport, trio_context("client"), server_hostname=HOSTNAME)
     peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
     nursery.start_soon(peer.run_receiver)
     nursery.start_soon(peer.run_sender)
     await client.do_handshake()
+    return client, peer
+
+
+async def _renegotiating_cell(
+    operation: StreamOperation, transport: TransportKind, tmp_path: Path, nursery: trio.Nursery
+) -> Cell:
+    client_transport, server_transport = transport_pair(transport)
+    client, peer = await connect_to_renegotiating_peer(
+        FaultyStream(client_transport), server_transport, tmp_path, nursery
+    )
     peer.start_renegotiation()
     # Reading the HelloRequest makes our client send a ClientHello; the
     # server's answer is still to come, so the renegotiation is in progress.
@@ -666,7 +673,7 @@ def phase_of_failure(cell: Cell, phase: Phase) -> Phase:
     return phase
 
 
-def scope_after(phase: Phase, operation: Operation, kind: str, *, cancelled: bool) -> Scope:
+def scope_after(phase: Phase, operation: StreamOperation, kind: str, *, cancelled: bool) -> Scope:
     """What a failed or cancelled transport operation of ``kind`` breaks (DESIGN.md section 3)."""
     if operation == "aclose":
         return "closed"
@@ -700,7 +707,7 @@ FAULT_CELLS = [
 @pytest.mark.parametrize(("phase", "operation", "fault", "transport"), FAULT_CELLS)
 async def test_transport_fault(
     phase: Phase,
-    operation: Operation,
+    operation: StreamOperation,
     fault: Fault,
     transport: TransportKind,
     tmp_path: Path,
@@ -762,7 +769,7 @@ SWEEP_CELLS = [
 @pytest.mark.parametrize(("phase", "operation", "transport"), SWEEP_CELLS)
 async def test_caller_cancelled_at_each_checkpoint(
     phase: Phase,
-    operation: Operation,
+    operation: StreamOperation,
     transport: TransportKind,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
@@ -833,7 +840,7 @@ async def test_a_send_that_raised_keyerror_leaves_no_silent_gap(
 
 @pytest.mark.parametrize("operation", ["do_handshake", "send_all", "unwrap"])
 async def test_a_handshake_whose_send_failed_does_not_hang(
-    operation: Operation, tmp_path: Path, autojump_clock: trio.abc.Clock
+    operation: StreamOperation, tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
     """Symptom 2: the ClientHello's send failed, and every later call waited for ever."""
     with trio.fail_after(DEADLINE):
@@ -856,13 +863,9 @@ async def test_a_failed_renegotiation_reply_does_not_hang_later_sends(
         async with trio.open_nursery() as nursery:
             client_transport, server_transport = trio.testing.memory_stream_pair()
             faulty = FaultyStream(client_transport)
-            client: Stream = MemoryBIOStream(
-                faulty, trio_context("client"), server_hostname=HOSTNAME
+            client, peer = await connect_to_renegotiating_peer(
+                faulty, server_transport, tmp_path, nursery
             )
-            peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
-            nursery.start_soon(peer.run_receiver)
-            nursery.start_soon(peer.run_sender)
-            await client.do_handshake()
             faulty.install(FaultPlan(raise_on_send_at=0, send_error=KeyError))
             peer.start_renegotiation()
             # The read of the HelloRequest queues a ClientHello, whose send fails.
@@ -918,13 +921,9 @@ async def test_send_all_cancelled_while_a_later_chunk_waits_for_renegotiation_se
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             client_transport, server_transport = trio.testing.memory_stream_pair()
-            client: Stream = MemoryBIOStream(
-                FaultyStream(client_transport), trio_context("client"), server_hostname=HOSTNAME
+            client, peer = await connect_to_renegotiating_peer(
+                FaultyStream(client_transport), server_transport, tmp_path, nursery
             )
-            peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
-            nursery.start_soon(peer.run_receiver)
-            nursery.start_soon(peer.run_sender)
-            await client.do_handshake()
             peer.renegotiate_after = 1
 
             async def read_hello_request() -> None:
@@ -962,19 +961,11 @@ async def test_nothing_is_lost_over_a_transport_that_drops_cancelled_receives(
     second = random.Random(52).randbytes(100_000)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            client_transport, server_transport = (
-                trio.testing.memory_stream_pair()
-                if transport == "memory"
-                else trio.testing.lockstep_stream_pair()
-            )
+            client_transport, server_transport = transport_pair(transport)
             dropping = DroppingReceiveStream(client_transport)
-            client: MemoryBIOStream[DroppingReceiveStream] = MemoryBIOStream(
-                dropping, trio_context("client"), server_hostname=HOSTNAME
+            client, peer = await connect_to_renegotiating_peer(
+                dropping, server_transport, tmp_path, nursery
             )
-            peer = RenegotiatingPeer(server_transport, _renegotiation_server_context(str(tmp_path)))
-            nursery.start_soon(peer.run_receiver)
-            nursery.start_soon(peer.run_sender)
-            await client.do_handshake()
             peer.conn.sendall(first)
             peer.start_renegotiation()
             peer.conn.sendall(second)

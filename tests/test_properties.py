@@ -49,7 +49,7 @@ from trio_membio.testing.strategies import (
     tls_versions,
 )
 
-from .helpers import aclose_all
+from .helpers import StreamOperation, aclose_all
 
 Stream = MemoryBIOStream[FaultyStream]
 #: Virtual seconds an example may take: far beyond any delay it draws.
@@ -585,16 +585,7 @@ def test_ending_the_transport_at_any_byte(
 
 # ---------------------------------------------------------- 5. cancellation
 
-Operation = Literal[
-    "do_handshake",
-    "send_all",
-    "receive_some",
-    "wait_send_all_might_not_block",
-    "send_eof",
-    "unwrap",
-    "aclose",
-]
-OPERATIONS: tuple[Operation, ...] = get_args(Operation)
+OPERATIONS: tuple[StreamOperation, ...] = get_args(StreamOperation)
 #: Operations that need the handshake done first in this test.
 AFTER_HANDSHAKE = {"wait_send_all_might_not_block", "send_eof", "unwrap", "aclose"}
 
@@ -610,7 +601,7 @@ AFTER_HANDSHAKE = {"wait_send_all_might_not_block", "send_eof", "unwrap", "aclos
     payload=st.binary(min_size=1, max_size=100_000),
 )
 def test_cancelling_any_operation_anywhere(
-    operation: Operation,
+    operation: StreamOperation,
     version: TLSVersion,
     lockstep: bool,
     handshake_first: bool,
