@@ -40,6 +40,9 @@ from .._engine import TLSTruncationError
 from .._errors import clean_openssl_text
 from .._trace import TraceEvent
 
+if TYPE_CHECKING:
+    import trustme
+
 __all__ = [
     "PROGRAM",
     "CLIError",
@@ -58,6 +61,7 @@ __all__ = [
     "port_number",
     "seconds",
     "show_address",
+    "throwaway_authority",
     "tls_hint",
 ]
 
@@ -202,6 +206,22 @@ def check_tls_options(arguments: argparse.Namespace, parser: argparse.ArgumentPa
     for name in arguments.alpn:
         if not name.isascii() or len(name) > 255:
             parser.error(f"--alpn {name[:40]!r}: a protocol name is 1 to 255 ASCII characters")
+
+
+def throwaway_authority(
+    *names: str, missing: Exception | SystemExit
+) -> tuple[trustme.CA, trustme.LeafCert]:
+    """A new ECDSA certificate authority and a certificate it issued for ``names``.
+
+    trustme is an optional dependency: without it, raises ``missing`` (which
+    says how to install it) instead.
+    """
+    try:
+        import trustme
+    except ImportError:  # pragma: no cover - depends on how it was installed
+        raise missing from None
+    authority = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    return authority, authority.issue_cert(*names, key_type=trustme.KeyType.ECDSA)
 
 
 def show_address(host: str, port: int) -> str:

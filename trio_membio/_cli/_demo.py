@@ -18,7 +18,7 @@ import trio
 
 from .._stream import MemoryBIOStream, PeerCertificate
 from .._trace import TraceCallback
-from ._common import Console, Tracer, add_trace_option
+from ._common import Console, Tracer, add_trace_option, throwaway_authority
 
 if TYPE_CHECKING:
     from ._common import Commands
@@ -30,15 +30,14 @@ _ALPN = "demo/1"
 
 
 def _throwaway_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    try:
-        import trustme
-    except ImportError:  # pragma: no cover - depends on how it was installed
-        raise SystemExit(
+    authority, leaf = throwaway_authority(
+        "localhost",
+        "127.0.0.1",
+        missing=SystemExit(
             "the demo needs trustme for its throwaway certificate authority: "
             "pip install 'trio-membio[demo]'"
-        ) from None
-    authority = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    leaf = authority.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.ECDSA)
+        ),
+    )
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     leaf.configure_cert(server_context)
     server_context.set_alpn_protocols([_ALPN])

@@ -66,6 +66,7 @@ from ._common import (
     port_number,
     seconds,
     show_address,
+    throwaway_authority,
     tls_hint,
 )
 from ._http_server import serve_http
@@ -231,18 +232,17 @@ def _throwaway_certificate(
     console: Console,
     cleanup: contextlib.ExitStack,
 ) -> None:
-    try:
-        import trustme
-    except ImportError:  # pragma: no cover - depends on how it was installed
-        raise CLIError(
-            "the throwaway certificate needs trustme: pip install 'trio-membio[demo]', "
-            "or pass --cert and --key"
-        ) from None
     names = ["localhost", "127.0.0.1", "::1"]
     if arguments.host not in (*names, "0.0.0.0", "::", ""):
         names.append(arguments.host)
-    authority = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    authority.issue_cert(*names, key_type=trustme.KeyType.ECDSA).configure_cert(context)
+    authority, leaf = throwaway_authority(
+        *names,
+        missing=CLIError(
+            "the throwaway certificate needs trustme: pip install 'trio-membio[demo]', "
+            "or pass --cert and --key"
+        ),
+    )
+    leaf.configure_cert(context)
     path = arguments.ca_out
     if path is None:
         directory = tempfile.mkdtemp(prefix="trio_membio-")
