@@ -253,15 +253,20 @@ class MemoryBIONetworkStream(httpcore.AsyncNetworkStream):
 
 
 def _set_socket_options(
-    sock: trio.socket.SocketType, options: Iterable[httpcore.SOCKET_OPTION] | None
+    stream: trio.SocketStream, options: Iterable[httpcore.SOCKET_OPTION] | None
 ) -> None:
-    for option in options or ():
-        if len(option) == 4:
-            level, name, _, length = option
-            sock.setsockopt(level, name, None, length)
-        else:
-            level, name, value = option
-            sock.setsockopt(level, name, value)
+    """Set ``options`` on a new connection's socket; if one fails, close the socket."""
+    try:
+        for option in options or ():
+            if len(option) == 4:
+                level, name, _, length = option
+                stream.socket.setsockopt(level, name, None, length)
+            else:
+                level, name, value = option
+                stream.socket.setsockopt(level, name, value)
+    except BaseException:
+        stream.socket.close()
+        raise
 
 
 class MemoryBIOBackend(httpcore.AsyncNetworkBackend):
@@ -293,11 +298,7 @@ class MemoryBIOBackend(httpcore.AsyncNetworkBackend):
         """
         with _mapped(timeout, httpcore.ConnectTimeout, httpcore.ConnectError, "connecting"):
             stream = await trio.open_tcp_stream(host, port, local_address=local_address)
-            try:
-                _set_socket_options(stream.socket, socket_options)
-            except BaseException:
-                stream.socket.close()
-                raise
+            _set_socket_options(stream, socket_options)
         return MemoryBIONetworkStream(stream, trace=self._trace)
 
     async def connect_unix_socket(
@@ -316,11 +317,7 @@ class MemoryBIOBackend(httpcore.AsyncNetworkBackend):
         """
         with _mapped(timeout, httpcore.ConnectTimeout, httpcore.ConnectError, "connecting"):
             stream = await trio.open_unix_socket(path)
-            try:
-                _set_socket_options(stream.socket, socket_options)
-            except BaseException:
-                stream.socket.close()
-                raise
+            _set_socket_options(stream, socket_options)
         return MemoryBIONetworkStream(stream, trace=self._trace)
 
     async def sleep(self, seconds: float) -> None:

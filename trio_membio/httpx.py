@@ -49,7 +49,7 @@ import importlib.util
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 try:
     import httpcore
@@ -206,38 +206,35 @@ class MemoryBIOHTTPTransport(httpx.AsyncBaseTransport):
             if proxy.url.scheme in ("socks5", "socks5h"):
                 ignored["socket_options"] = socket_options
             _refuse_ignored_options(proxy, ignored)
+        options = _PoolOptions(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=http1,
+            http2=http2,
+            network_backend=backend,
+        )
         self._pool: httpcore.AsyncConnectionPool
         if proxy is None:
             self._pool = httpcore.AsyncConnectionPool(
-                ssl_context=ssl_context,
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                http1=http1,
-                http2=http2,
+                **options,
                 uds=uds,
                 local_address=local_address,
                 retries=retries,
                 socket_options=socket_options,
-                network_backend=backend,
             )
         elif proxy.url.scheme in ("http", "https"):
             self._pool = httpcore.AsyncHTTPProxy(
+                **options,
                 proxy_url=_httpcore_url(proxy.url),
                 proxy_auth=proxy.raw_auth,
                 proxy_headers=proxy.headers.raw,
-                ssl_context=ssl_context,
                 proxy_ssl_context=proxy.ssl_context,
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                http1=http1,
-                http2=http2,
                 socket_options=socket_options,
-                network_backend=backend,
             )
         elif proxy.url.scheme in ("socks5", "socks5h"):
-            self._pool = _socks_pool(proxy, ssl_context, limits, http1, http2, backend)
+            self._pool = _socks_pool(proxy, options)
         else:  # pragma: no cover - httpx.Proxy refuses other schemes itself
             raise ValueError(
                 f"proxy {proxy.url!r}: the scheme must be http, https, socks5 or socks5h"
@@ -324,14 +321,19 @@ def _refuse_ignored_options(proxy: httpx.Proxy, options: Mapping[str, object]) -
         )
 
 
-def _socks_pool(
-    proxy: httpx.Proxy,
-    ssl_context: ssl.SSLContext,
-    limits: httpx.Limits,
-    http1: bool,
-    http2: bool,
-    backend: MemoryBIOBackend,
-) -> httpcore.AsyncConnectionPool:
+class _PoolOptions(TypedDict):
+    """What every kind of httpcore pool the transport makes is given alike."""
+
+    ssl_context: ssl.SSLContext
+    max_connections: int | None
+    max_keepalive_connections: int | None
+    keepalive_expiry: float | None
+    http1: bool
+    http2: bool
+    network_backend: MemoryBIOBackend
+
+
+def _socks_pool(proxy: httpx.Proxy, options: _PoolOptions) -> httpcore.AsyncConnectionPool:
     # httpcore imports socksio only when it first connects: say it now.
     if importlib.util.find_spec("socksio") is None:
         raise ImportError(
@@ -340,13 +342,5 @@ def _socks_pool(
             name="socksio",
         )
     return httpcore.AsyncSOCKSProxy(
-        proxy_url=_httpcore_url(proxy.url),
-        proxy_auth=proxy.raw_auth,
-        ssl_context=ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        http1=http1,
-        http2=http2,
-        network_backend=backend,
+        **options, proxy_url=_httpcore_url(proxy.url), proxy_auth=proxy.raw_auth
     )
