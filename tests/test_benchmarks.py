@@ -242,3 +242,70 @@ def test_profile_breakdown_charges_each_sample_to_one_layer(tmp_path: Path) -> N
         ["8.0%", "trio"],
         ["2.0%", "the", "benchmark"],
     ]
+
+
+def test_handshake_offload_quick_run_reports_every_row(tmp_path: Path) -> None:
+    """Issue 14's storm benchmark: every certificate, mode and metric, positive numbers.
+
+    The targets' verdicts are measurements: their presence is checked, never their value.
+    """
+    output = tmp_path / "offload.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH.parent / "bench_handshake_offload.py"),
+            "--quick",
+            "--window",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--clients",
+            "4",
+            "--json",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document: dict[str, Any] = json.loads(output.read_text())
+    assert document["benchmark"] == "handshake-offload"
+    assert document["quick"] is True
+    assert document["modes"] == ["inline", "offload"]
+    rounds = document["rounds"]
+    assert rounds == 2
+    metrics = {
+        "handshakes_per_s": "handshakes/s",
+        "probe_p50_ms": "probe p50",
+        "probe_p99_ms": "probe p99",
+        "loop_cpu_us": "loop CPU/handshake",
+        "process_cpu_us": "process CPU/handshake",
+    }
+    targets = {
+        "rsa2048": {"handshakes_per_s", "probe_p50_ms", "loop_cpu_us"},
+        "rsa4096": {"handshakes_per_s"},
+        "ecdsa": {"handshakes_per_s"},
+    }
+    labels = {"rsa2048": "RSA-2048", "rsa4096": "RSA-4096", "ecdsa": "ECDSA P-256"}
+    assert set(document["certs"]) == set(labels)
+    for cert, entry in document["certs"].items():
+        assert entry["clients"] == 4
+        assert len(entry["rounds"]) == rounds
+        for measured in entry["rounds"]:
+            for mode in ("inline", "offload"):
+                assert measured[mode]["probe"]["version"] == "TLSv1.3"
+                assert measured[mode]["server"]["handshakes"] > 0
+        assert set(entry["metrics"]) == set(metrics)
+        for item in entry["metrics"].values():
+            for key in ("inline", "offload", "ratio"):
+                summary = item[key]
+                assert len(summary["rounds"]) == rounds
+                assert all(value > 0 for value in summary["rounds"])
+                assert summary["min"] <= summary["median"] <= summary["max"]
+        assert {target["metric"] for target in entry["targets"]} == targets[cert]
+        assert all(isinstance(target["met"], bool) for target in entry["targets"])
+        table = completed.stdout.split(f"{labels[cert]}, 4 clients", 1)[1].split("\n\n", 1)[0]
+        for title in metrics.values():
+            assert f"\n{title} (" in table, (cert, title)
