@@ -27,6 +27,7 @@ from trio_membio import MemoryBIOListener, MemoryBIOStream, serve_tls_over_tcp
 from trio_membio.httpx import MemoryBIOHTTPTransport
 
 from .helpers import client_context, server_context
+from .transports import ForwardingStream
 
 BIG = random.Random(20240501).randbytes(5 * 1024 * 1024)
 BIG_SHA256 = hashlib.sha256(BIG).hexdigest()
@@ -60,11 +61,11 @@ def make_client(
 # ---------------------------------------------------------------- the server
 
 
-class Corked(trio.abc.Stream):
+class Corked(ForwardingStream):
     """A transport that holds what is sent while ``held`` is not None."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.held: bytearray | None = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -78,15 +79,6 @@ class Corked(trio.abc.Stream):
         held, self.held = self.held, None
         if held:
             await self.inner.send_all(held)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:

@@ -18,30 +18,19 @@ from trio_membio._client_hello import MAX_CLIENT_HELLO, ClientHelloReader
 from trio_membio.testing import FaultPlan, handshake, memory_tls_stream_pair
 
 from .helpers import client_context, handshake_both, handshaken_pair, server_context, tls_pair
+from .transports import HalfCloseableForwardingStream
 
 
-class RecordingTransport(trio.abc.HalfCloseableStream):
+class RecordingTransport(HalfCloseableForwardingStream):
     """Passes everything through and keeps a copy of what was sent."""
 
     def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.sent = bytearray()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sent += data
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_server_hostname_is_sent_and_checked_as_idna_2008() -> None:
