@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Literal
 
 import trio
+import trio.testing
 import trustme
 from OpenSSL import SSL
 
 from trio_membio import MemoryBIOStream, TraceCallback
+from trio_membio.testing import handshake
 
 from .helpers import HOSTNAME, ca, client_context, server_cert, server_context
+from .transports import ControlledTransport
 
 __all__ = [
     "Role",
@@ -174,3 +177,15 @@ def pha_streams(
         server_transport, server_ctx, server_side=True
     )
     return client, server
+
+
+async def controlled_pha_streams() -> tuple[
+    ControlledTransport, MemoryBIOStream[trio.abc.Stream], MemoryBIOStream[trio.abc.Stream]
+]:
+    """:func:`pha_streams` over memory transports, handshaken, the client's
+    transport a :class:`ControlledTransport` the test can hold up."""
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    transport = ControlledTransport(client_transport)
+    client, server = pha_streams(transport, server_transport)
+    await handshake(client, server)
+    return transport, client, server

@@ -36,7 +36,7 @@ from .helpers import (
     server_context,
     tls_pair,
 )
-from .peers import pha_streams
+from .peers import controlled_pha_streams
 from .transports import ControlledTransport, RecordingStream
 
 AnyStream = MemoryBIOStream[trio.abc.Stream]
@@ -295,10 +295,7 @@ async def test_cancelled_lane_holder_sends_a_reply_queued_behind_it(
 ) -> None:
     """A cancelled lane holder left a post-handshake-auth reply queued behind it unsent."""
     with trio.fail_after(HANG):
-        client_transport, server_transport = trio.testing.memory_stream_pair()
-        transport = ControlledTransport(client_transport)
-        client, server = pha_streams(transport, server_transport)
-        await handshake(client, server)
+        transport, client, server = await controlled_pha_streams()
         transport.wait_gate = trio.Event()
         received: list[bytes] = []
         async with trio.open_nursery() as nursery:

@@ -34,8 +34,8 @@ from .helpers import (
     tls_pair,
     untrusting_client_context,
 )
-from .peers import pha_streams
-from .transports import ControlledTransport, RecordingStream
+from .peers import controlled_pha_streams, pha_streams
+from .transports import RecordingStream
 
 AnyStream = MemoryBIOStream[trio.abc.Stream]
 
@@ -286,10 +286,7 @@ async def test_cancelled_receive_keeps_plaintext_while_answering_the_peer(
 ) -> None:
     """receive_some() cancelled while sending a PHA reply dropped the plaintext it decrypted."""
     with trio.fail_after(HANG):
-        client_transport, server_transport = trio.testing.memory_stream_pair()
-        transport = ControlledTransport(client_transport)
-        client, server = pha_streams(transport, server_transport)
-        await handshake(client, server)
+        transport, client, server = await controlled_pha_streams()
         server.ssl_object.verify_client_post_handshake()
         await server.send_all(b"important-1")
         await server.send_all(b"important-2")
