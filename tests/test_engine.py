@@ -343,6 +343,21 @@ def test_fatal_alert_is_readable_by_the_peer(version: TLSVersion, server_wrote_f
 # ------------------------------------------------------------- session tickets
 
 
+def resume_ticketed_session(
+    client: TLSEngine, client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext
+) -> tuple[TLSEngine, TLSEngine]:
+    """A new pair, handshaken, resuming the session ``client`` holds (which
+    must carry a ticket by now)."""
+    session = client.ssl_object.session
+    assert session is not None
+    assert session.has_ticket
+    resumed_client, resumed_server = make_pair(
+        client_ctx=client_ctx, server_ctx=server_ctx, session=session
+    )
+    handshake(resumed_client, resumed_server)
+    return resumed_client, resumed_server
+
+
 def test_tls13_session_tickets_held_until_first_write() -> None:
     client_ctx, server_ctx = client_context("1.3"), server_context("1.3")
     client, server = make_pair(client_ctx=client_ctx, server_ctx=server_ctx)
@@ -355,14 +370,7 @@ def test_tls13_session_tickets_held_until_first_write() -> None:
     assert server_ctx.num_tickets > 0
     client.receive_data(ciphertext)
     assert client.read(100) == b"x"
-    session = client.ssl_object.session
-    assert session is not None
-    assert session.has_ticket
-
-    resumed_client, resumed_server = make_pair(
-        client_ctx=client_ctx, server_ctx=server_ctx, session=session
-    )
-    handshake(resumed_client, resumed_server)
+    resumed_client, resumed_server = resume_ticketed_session(client, client_ctx, server_ctx)
     assert resumed_client.ssl_object.session_reused
     assert resumed_server.ssl_object.session_reused
 
@@ -379,14 +387,7 @@ def test_tls13_session_tickets_go_out_before_close_notify() -> None:
     assert len(records(ciphertext)) == server_ctx.num_tickets + 1
     client.receive_data(ciphertext)
     assert client.read(100) == b""
-    session = client.ssl_object.session
-    assert session is not None
-    assert session.has_ticket
-
-    resumed_client, resumed_server = make_pair(
-        client_ctx=client_ctx, server_ctx=server_ctx, session=session
-    )
-    handshake(resumed_client, resumed_server)
+    resumed_client, _ = resume_ticketed_session(client, client_ctx, server_ctx)
     assert resumed_client.ssl_object.session_reused
 
 
