@@ -42,17 +42,7 @@ async def test_silent_client_is_dropped_while_others_are_served(
     caplog.set_level(logging.WARNING, logger="trio_membio")
     with trio.fail_after(HANDSHAKE_TIMEOUT * 4):
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                partial(
-                    serve_tls_over_tcp,
-                    echo_once,
-                    0,
-                    server_context(),
-                    host="127.0.0.1",
-                    handshake_timeout=HANDSHAKE_TIMEOUT,
-                )
-            )
-            port = listeners[0].transport_listener.socket.getsockname()[1]
+            port = await nursery.start(serve_through_helper, echo_once, None)
             silent = await trio.open_tcp_stream("127.0.0.1", port)
             started = trio.current_time()
 
@@ -70,7 +60,7 @@ async def test_silent_client_is_dropped_while_others_are_served(
             assert trio.current_time() - started == pytest.approx(HANDSHAKE_TIMEOUT)
             nursery.cancel_scope.cancel()
 
-    warnings = [record for record in caplog.records if record.name == "trio_membio"]
+    warnings = library_records(caplog)
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert "TLS handshake with 127.0.0.1:" in warnings[0].getMessage()
