@@ -11,11 +11,13 @@ used to take the whole server down on TLS 1.2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -72,18 +74,28 @@ def hypercorn_config(tmp_path: Path) -> Config:
     return config
 
 
+@contextlib.asynccontextmanager
+async def running_hypercorn(tmp_path: Path) -> AsyncIterator[str]:
+    """hypercorn serving :func:`app` through trio_membio.hypercorn; yields its URL.
+
+    On the way out, asks for a graceful shutdown and waits for serve() to return.
+    """
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(
+            partial(serve, app, hypercorn_config(tmp_path), shutdown_trigger=shutdown.wait)
+        )
+        yield url
+        shutdown.set()
+
+
 @pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 async def test_hypercorn_serves_https_over_memorybio(
     tmp_path: Path, version: TLSVersion, http2: bool
 ) -> None:
-    config = hypercorn_config(tmp_path)
-    shutdown = trio.Event()
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            (url,) = await nursery.start(
-                partial(serve, app, config, shutdown_trigger=shutdown.wait)
-            )
+        async with running_hypercorn(tmp_path) as url:
             assert url.startswith("https://127.0.0.1:")
             async with httpcore.AsyncConnectionPool(
                 ssl_context=client_context(version),  # pins the TLS version
@@ -96,7 +108,6 @@ async def test_hypercorn_serves_https_over_memorybio(
                 assert response.content == f"https HTTP/{http_version} /hello".encode()
                 ssl_object = response.extensions["network_stream"].get_extra_info("ssl_object")
                 assert ssl_object.version() == f"TLSv{version}"
-            shutdown.set()  # serve() returns after a graceful shutdown
 
 
 async def test_hypercorn_rejects_quic(tmp_path: Path) -> None:
@@ -165,13 +176,8 @@ async def test_the_server_side_is_memorybio(
     in the process are the server's, and the trace records prove they exist.
     """
     caplog.set_level(logging.DEBUG, logger=TRACE_LOGGER)
-    config = hypercorn_config(tmp_path)
-    shutdown = trio.Event()
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            (url,) = await nursery.start(
-                partial(serve, app, config, shutdown_trigger=shutdown.wait)
-            )
+        async with running_hypercorn(tmp_path) as url:
             for _ in range(2):  # the server survives the close, and serves again
                 response, negotiated = await trio.to_thread.run_sync(
                     fetch_and_see_close_notify, url, version
@@ -179,7 +185,6 @@ async def test_the_server_side_is_memorybio(
                 assert response.startswith(b"HTTP/1.1 200 ")
                 assert response.endswith(b"\r\n\r\nhttps HTTP/1.1 /stdlib")
                 assert negotiated == f"TLSv{version}"
-            shutdown.set()
     assert trio.SSLListener is trio_ssl_listener  # nothing was replaced
     events = [
         event
