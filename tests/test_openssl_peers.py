@@ -12,6 +12,7 @@ of its stdin. Without openssl the tests skip, or fail when CI is set.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import trio
 
 from .cli_harness import (
     TIMEOUT,
+    Captured,
     read_all,
     read_until,
     require_tool,
@@ -183,13 +185,21 @@ async def test_s_client_to_serve(openssl: str, tmp_path: Path, version: str) -> 
     assert "conn 1: closed, 8 bytes in, 8 bytes out (close_notify received)" in log
 
 
+def serve_requiring_client_certificates(
+    tmp_path: Path, pems: dict[str, str]
+) -> contextlib.AbstractAsyncContextManager[tuple[int, Captured]]:
+    """``serve`` with a throwaway CA in tmp_path/ca.pem, refusing clients
+    without a certificate from the test CA."""
+    return running_serve(
+        "--ca-out", str(tmp_path / "ca.pem"), "--require-client-cert", "--cafile", pems["ca"]
+    )
+
+
 async def test_s_client_certificate_to_serve(
     openssl: str, pems: dict[str, str], tmp_path: Path
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running_serve(
-            "--ca-out", str(tmp_path / "ca.pem"), "--require-client-cert", "--cafile", pems["ca"]
-        ) as (port, server):
+        async with serve_requiring_client_certificates(tmp_path, pems) as (port, server):
             status, _, err = await s_client_session(
                 openssl, port, "-CAfile", str(tmp_path / "ca.pem"),
                 "-cert", pems["client"], "-key", pems["client"], send=b"mine\n",
@@ -205,9 +215,7 @@ async def test_s_client_without_certificate_to_serve(
 ) -> None:
     """Both sides report the missing certificate, and neither hangs."""
     with trio.fail_after(TIMEOUT):
-        async with running_serve(
-            "--ca-out", str(tmp_path / "ca.pem"), "--require-client-cert", "--cafile", pems["ca"]
-        ) as (port, server):
+        async with serve_requiring_client_certificates(tmp_path, pems) as (port, server):
             status, _, err = await s_client_session(
                 openssl, port, "-CAfile", str(tmp_path / "ca.pem"), S_CLIENT_VERSION[version],
                 send=None,
