@@ -422,6 +422,8 @@ async def _probe(
         raise BenchmarkError("the probe made no round trip in the window")
     return {
         "samples": len(latencies),
+        # Slots skipped because a round trip overran: stalls are sampled once, not per slot.
+        "slots": math.ceil((end - start) / PROBE_INTERVAL - 1e-9),
         "p50_ms": percentile(latencies, 0.50) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,
         "max_ms": max(latencies) * 1e3,
