@@ -178,6 +178,15 @@ class TLSEngine:
         return self._close_notify_sent
 
     @property
+    def client_hello_complete(self) -> bool:
+        """Server side: whether the client's whole ClientHello has arrived.
+
+        (Or what arrived cannot be read as one; either way the next
+        :meth:`do_handshake` is the step that answers it.)
+        """
+        return self._client_hello is None and self.ssl_object.server_side
+
+    @property
     def requested_server_name(self) -> str | None:
         """The host name the client's ClientHello asked for (SNI), on the server side.
 

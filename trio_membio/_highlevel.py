@@ -106,12 +106,14 @@ async def open_tls_over_tcp_listeners(
     on_handshake_error: (
         Callable[[TLSStream, trio.BrokenResourceError | trio.TooSlowError], object] | None
     ) = None,
+    offload_handshake: bool = False,
 ) -> list[MemoryBIOListener[trio.SocketStream]]:
     """Open TCP listeners on ``port`` and wrap each in a :class:`MemoryBIOListener`.
 
-    ``handshake_timeout`` and ``on_handshake_error`` are given to each
-    listener (see :class:`MemoryBIOListener`: its :meth:`~MemoryBIOListener.serve`
-    applies them, its accept() does not).
+    ``handshake_timeout``, ``on_handshake_error`` and ``offload_handshake``
+    are given to each listener (see :class:`MemoryBIOListener`: its
+    :meth:`~MemoryBIOListener.serve` applies the first two, its accept() does
+    not).
 
     Raises:
         ValueError: ``handshake_timeout`` is negative or NaN (checked before
@@ -127,6 +129,7 @@ async def open_tls_over_tcp_listeners(
             https_compatible=https_compatible,
             handshake_timeout=handshake_timeout,
             on_handshake_error=on_handshake_error,
+            offload_handshake=offload_handshake,
         )
         for listener in tcp_listeners
     ]
@@ -145,6 +148,7 @@ async def serve_tls_over_tcp(
     on_handshake_error: (
         Callable[[TLSStream, trio.BrokenResourceError | trio.TooSlowError], object] | None
     ) = None,
+    offload_handshake: bool = False,
     task_status: trio.TaskStatus[list[MemoryBIOListener[trio.SocketStream]]] = (
         trio.TASK_STATUS_IGNORED
     ),
@@ -160,7 +164,9 @@ async def serve_tls_over_tcp(
     ``on_handshake_error`` is called with the stream and the exception, as
     :class:`MemoryBIOListener` describes. The stream is closed when the
     handler returns. ``task_status.started`` gets the listeners (to learn the
-    port when ``port`` is 0).
+    port when ``port`` is 0). ``offload_handshake=True`` runs each
+    handshake's expensive step in a worker thread when it is worth it (see
+    :class:`MemoryBIOStream` and :doc:`performance`).
 
     Runs until cancelled; every connection task is cancelled with it (with
     ``handler_nursery``, they belong to that nursery instead).
@@ -180,6 +186,7 @@ async def serve_tls_over_tcp(
         backlog=backlog,
         handshake_timeout=handshake_timeout,
         on_handshake_error=on_handshake_error,
+        offload_handshake=offload_handshake,
     )
 
     async def handshake_then_handle(stream: TLSStream) -> None:

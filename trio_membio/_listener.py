@@ -103,6 +103,9 @@ class MemoryBIOListener(
             stream is closed first): it is a bug, and trio does not hide bugs.
             ``stream.statistics().ciphertext_received == 0`` tells a port
             probe from a client that tried to speak TLS.
+        offload_handshake: Given to each stream: run the handshake's
+            expensive step in a worker thread when it is worth it (see
+            :class:`MemoryBIOStream`).
 
     Raises:
         ValueError: ``handshake_timeout`` is negative or NaN.
@@ -122,9 +125,11 @@ class MemoryBIOListener(
             ]
             | None
         ) = None,
+        offload_handshake: bool = False,
     ) -> None:
         check_handshake_timeout(handshake_timeout)
         self.transport_listener = transport_listener
+        self._offload_handshake = offload_handshake
         self._ssl_context = ssl_context
         self._https_compatible = https_compatible
         self._handshake_timeout = handshake_timeout
@@ -170,6 +175,7 @@ class MemoryBIOListener(
                 self._ssl_context,
                 server_side=True,
                 https_compatible=self._https_compatible,
+                offload_handshake=self._offload_handshake,
             )
         except BaseException:
             # A context that cannot serve (a client-side one, say).

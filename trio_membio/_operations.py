@@ -189,9 +189,13 @@ async def drive_handshake(io: Transport) -> bool:
     yielded = False
     if counters.handshake_started is None:
         counters.handshake_started = trio.current_time()
+    offload = io.handshake_offload
     while True:
         try:
-            finished = engine.do_handshake()
+            if offload is None:
+                finished = engine.do_handshake()
+            else:
+                finished = await offload.do_handshake(engine)
         except ssl.SSLError as exc:
             await io.fail(exc, "TLS handshake failed")
         if engine.bytes_to_send:

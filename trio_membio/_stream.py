@@ -60,6 +60,7 @@ from ._conflict import ConflictDetector
 from ._connection_info import ConnectionInfo, PeerCertificate
 from ._engine import TLSEngine, TLSTruncationError
 from ._errors import UnreadDataError, encode_hostname
+from ._offload import HandshakeOffload
 from ._operations import (
     PLAINTEXT_CHUNK,
     authenticate_client,
@@ -120,6 +121,13 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             bytes to tell TLS from plaintext on one port often holds the start
             of the ClientHello already. They are fed to TLS before anything
             is read from the transport (trio issue #195).
+        offload_handshake: Server side: run the handshake's expensive step
+            (answering the ClientHello, with the private-key signature) in a
+            worker thread of the library's own, when it is measured to be
+            worth it (an RSA certificate, not ECDSA), so that a burst of new
+            clients does not stall established connections. A cancellation
+            then takes effect when the step ends (a millisecond or so). See
+            :doc:`performance`. Ignored when ``trace`` is given.
 
     Any exception the transport raises (not only trio's own) stops the
     direction it happened in, and is raised as
@@ -150,6 +158,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         session: ssl.SSLSession | None = None,
         trace: TraceCallback | None = None,
         initial_data: bytes | bytearray | memoryview = b"",
+        offload_handshake: bool = False,
     ) -> None:
         if isinstance(server_hostname, bytes):
             server_hostname = server_hostname.decode("ascii")
@@ -178,6 +187,14 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         self._engine = engine
         self._io = Transport(transport_stream, engine, counters)
         self._info = ConnectionInfo(engine, counters, https_compatible=https_compatible)
+        if offload_handshake:
+            if not server_side:
+                raise ValueError(
+                    "offload_handshake is for servers: a client's handshake has no step "
+                    "expensive enough to be worth a thread"
+                )
+            if trace is None:  # a trace callback must run on the event-loop thread
+                self._io.handshake_offload = HandshakeOffload(ssl_context)
         if initial_data:
             # Read from the transport before the stream existed (STARTTLS,
             # protocol sniffing): the start of the TLS data, fed first.
@@ -320,6 +337,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         As ``ssl.SSLSocket.pending()``; the stream's own read-ahead (see
         :meth:`has_buffered_input`) is not included.
         """
+        offload = self._io.handshake_offload
+        if offload is not None and offload.running is not None:
+            return 0  # a worker thread is in the handshake (nothing decrypted yet)
         return self._engine.ssl_object.pending()
 
     @property
@@ -353,7 +373,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         return bool(
             engine.buffered_ciphertext
             or engine.buffered_plaintext
-            or engine.ssl_object.pending()
+            or self.pending()
             or engine.close_notify_received
             or engine.close_notify_sent
             or engine.transport_ended
@@ -792,6 +812,12 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
             elif self._io.counters.ended is ConnectionEnd.ALERT and not io.receiving:
                 await io.linger()
         finally:
+            offload = io.handshake_offload
+            if offload is not None and offload.running is not None:
+                # The worker's step cannot be stopped: let it end (a few ms)
+                # before the transport and the stream go away.
+                with trio.CancelScope(shield=True):
+                    await offload.running.wait()
             await io.stream.aclose()
 
     async def unwrap(self) -> tuple[TransportStream, bytes]:

@@ -93,6 +93,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 
 from ._engine import TLSEngine, TLSTruncationError
 from ._errors import describe_tls_error
+from ._offload import HandshakeOffload
 from ._socket_fast_path import SocketFastPath, fast_path_for
 from ._state import Counters, Stop, StopKind
 from ._statistics import ConnectionEnd
@@ -141,6 +142,7 @@ class Transport:
         "counters",
         "engine",
         "fast_path",
+        "handshake_offload",
         "handshake_output_queued",
         "receive_count",
         "receive_stop",
@@ -172,6 +174,9 @@ class Transport:
         #: Handshake bytes (the handshake, a renegotiation, a post-handshake
         #: reply) are in the send queue: cutting it short breaks everything.
         self.handshake_output_queued = False
+        #: Server side with offload_handshake=True: runs the expensive step
+        #: in a worker thread (``_offload.py``); None otherwise.
+        self.handshake_offload: HandshakeOffload | None = None
         self.change_event: trio.Event | None = None
         # The scope of a generic transport receive in progress, and whether
         # a fast-path receive waits on the socket (stop() wakes either).
