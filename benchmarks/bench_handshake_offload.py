@@ -512,7 +512,9 @@ def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[
         "loop_cpu_us": served["loop_cpu_s"] / served["handshakes"] * 1e6,
         "process_cpu_us": served["process_cpu_s"] / served["handshakes"] * 1e6,
     }
-    return {"metrics": metrics, "server": served, "load": storm, "probe": probe}
+    # The 1-minute load average after the window: other work on the machine shows here.
+    loadavg = os.getloadavg()[0]
+    return {"metrics": metrics, "server": served, "load": storm, "probe": probe, "loadavg": loadavg}
 
 
 # --------------------------------------------------------------- the run
