@@ -61,6 +61,7 @@ import trio.testing
 from OpenSSL import SSL
 
 from trio_membio import HalfCloseNotSupportedError, MemoryBIOStream, TLSTruncationError
+from trio_membio._state import Stop, StopKind
 from trio_membio.testing import (
     FaultPlan,
     FaultyStream,
@@ -994,3 +995,15 @@ async def test_send_eof_after_a_failed_first_attempt_does_not_claim_success(
             with pytest.raises(trio.BrokenResourceError):
                 await cell.client.send_eof()
             await close_and_check_peer(cell)
+
+
+def test_a_stop_record_cannot_change() -> None:
+    """What broke a direction is a fact: a Stop is immutable, and says what it holds."""
+    cause = OSError("reset")
+    stop = Stop(StopKind.BROKEN, "the transport failed", cause)
+    with pytest.raises(AttributeError, match="immutable"):
+        stop.message = "something else"
+    assert repr(stop) == "Stop(BROKEN, 'the transport failed', cause=OSError('reset'))"
+    with pytest.raises(trio.BrokenResourceError, match="the transport failed") as caught:
+        stop.raise_error()
+    assert caught.value.__cause__ is cause

@@ -10,6 +10,7 @@ fault-model tests pass with every server step offloaded.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -227,3 +228,61 @@ def test_contract_and_fault_model_pass_with_every_server_step_offloaded() -> Non
     )
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-2000:]
     assert " passed" in completed.stdout
+
+
+@pytest.mark.usefixtures("always_offload")
+async def test_a_step_that_fails_in_the_worker_fails_the_handshake_with_its_alert() -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    server = MemoryBIOStream(
+        server_transport, server_context(), server_side=True, offload_handshake=True
+    )
+    # A whole ClientHello by its framing, nonsense inside: the step (in the
+    # worker) fails, and the failure is raised in the server's task.
+    body = b"\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00\x00\x00"
+    hello = b"\x01" + len(body).to_bytes(3, "big") + body
+    await client_transport.send_all(b"\x16\x03\x01" + len(hello).to_bytes(2, "big") + hello)
+    with pytest.raises(trio.BrokenResourceError, match="TLS handshake failed") as caught:
+        await server.do_handshake()
+    assert isinstance(caught.value.__cause__, ssl.SSLError)
+    alert = await client_transport.receive_some()
+    assert alert[:1] == b"\x15"  # the fatal alert went out first
+    await server.aclose()
+
+
+def test_a_step_that_ends_after_its_run_wakes_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    pool = _offload._WorkerPool()
+    finished = threading.Event()
+
+    async def submit_and_leave() -> None:
+        client_transport, _ = trio.testing.memory_stream_pair()
+        engine_owner = MemoryBIOStream(client_transport, server_context(), server_side=True)
+        step = _offload._Step(engine_owner._engine)
+
+        def held() -> None:
+            release.wait(10)
+            step.run()  # the run has ended: its token refuses the wake-up
+            finished.set()
+
+        pool.submit(held)
+
+    trio.run(submit_and_leave)
+    release.set()
+    assert finished.wait(10)
+    pool.shutdown()
+    assert errors == []
+    assert not pool._threads
+
+
+def test_the_pool_stops_its_threads_at_shutdown() -> None:
+    pool = _offload._WorkerPool()
+    ran = threading.Event()
+    pool.submit(ran.set)
+    assert ran.wait(10)
+    threads = list(pool._threads)
+    assert threads
+    assert all(thread.daemon for thread in threads)
+    pool.shutdown()
+    assert not any(thread.is_alive() for thread in threads)
