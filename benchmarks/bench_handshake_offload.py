@@ -95,6 +95,9 @@ METRICS: Final = (
     Metric("probe_p99_ms", "probe p99", "ms", False),
     Metric("loop_cpu_us", "loop CPU/handshake", "us", False),
     Metric("process_cpu_us", "process CPU/handshake", "us", False),
+    # Whether the machine was saturated: 2 cores are shared by server, load client and probe.
+    Metric("server_cores", "server process CPU", "cores", False),
+    Metric("load_cores", "load client CPU", "cores", False),
 )
 
 
@@ -342,8 +345,14 @@ class _LineReader:
 
 async def _storm(
     port: int, context: ssl.SSLContext, clients: int, start: float, end: float
-) -> dict[str, int]:
-    counts = {"handshakes": 0, "total": 0, "errors": 0}
+) -> dict[str, float]:
+    counts: dict[str, float] = {"handshakes": 0, "total": 0, "errors": 0}
+
+    async def cpu_in_window() -> None:
+        await trio.sleep_until(trio_deadline(start))
+        before = time.process_time()
+        await trio.sleep_until(trio_deadline(end))
+        counts["cpu_s"] = time.process_time() - before
 
     async def one_client() -> None:
         while time.monotonic() < end:
@@ -369,6 +378,7 @@ async def _storm(
     # In-flight handshakes finish after the window; a stuck one must not hang the run.
     with trio.fail_at(trio_deadline(end + PROCESS_TIMEOUT / 2)):
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(cpu_in_window)
             for _ in range(clients):
                 nursery.start_soon(one_client)
     return counts
@@ -511,6 +521,8 @@ def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[
         "probe_p99_ms": probe["p99_ms"],
         "loop_cpu_us": served["loop_cpu_s"] / served["handshakes"] * 1e6,
         "process_cpu_us": served["process_cpu_s"] / served["handshakes"] * 1e6,
+        "server_cores": served["process_cpu_s"] / served["window_s"],
+        "load_cores": storm["cpu_s"] / settings.window,
     }
     # The 1-minute load average after the window: other work on the machine shows here.
     loadavg = os.getloadavg()[0]

@@ -282,6 +282,8 @@ def test_handshake_offload_quick_run_reports_every_row(tmp_path: Path) -> None:
         "probe_p99_ms": "probe p99",
         "loop_cpu_us": "loop CPU/handshake",
         "process_cpu_us": "process CPU/handshake",
+        "server_cores": "server process CPU",
+        "load_cores": "load client CPU",
     }
     targets = {
         "rsa2048": {"handshakes_per_s", "probe_p50_ms", "loop_cpu_us"},
