@@ -6,11 +6,11 @@ Theory of operation
 A TLS server's handshake has one expensive step: the ``do_handshake()`` that
 answers a complete ClientHello with the server's whole flight, signing with
 the certificate's private key (CPU time on this project's 2-core machine:
-about 0.22 ms for ECDSA P-256, 0.45 ms for RSA-2048, 5 ms for RSA-4096). On the event-loop thread that step stalls
-every other connection of the process. CPython releases the GIL inside
-``SSLObject.do_handshake()``, so the step can run in another thread while the
-loop goes on. (The whole idea, and the measurements behind the choices below,
-are issue 14's.)
+about 0.22 ms for ECDSA P-256, 0.45 ms for RSA-2048, 5 ms for RSA-4096). On
+the event-loop thread that step stalls every other connection of the
+process. CPython releases the GIL inside ``SSLObject.do_handshake()``, so the
+step can run in another thread while the loop goes on. (The idea, and the
+measurements behind the choices below, are issue 14's.)
 
 1. **Only that step.** The final step and resumed handshakes are cheap, and
    crossing threads costs more than they do, so every other step stays
