@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_handshake_offload.py [--quick] [--json PATH] [--rounds N]
         [--window S] [--warmup S] [--clients N] [--certs CERT ...] [--modes MODE ...]
+        [--client {threads,trio}]
 
 Three processes per measurement, all on 127.0.0.1:
 
@@ -12,10 +13,15 @@ Three processes per measurement, all on 127.0.0.1:
   that every handshake is a full one, each connection echoing until the client
   closes. Mode ``inline`` passes nothing (the library's default); mode
   ``offload`` passes ``offload_handshake=True``;
-* a **load client** process: C concurrent trio tasks, each in a loop: TCP
-  connect, full TLS 1.3 handshake with :class:`trio.SSLStream` (a fixed,
-  neutral load generator: the library under test is only on the server
-  side), close. It counts the handshakes completed inside the window;
+* a **load client** process: C concurrent clients, each in a loop: TCP
+  connect, full TLS 1.3 handshake verifying the server's certificate,
+  close_notify, close. ``--client threads`` (the default) runs C OS threads
+  doing blocking :func:`socket.create_connection` and
+  :meth:`ssl.SSLContext.wrap_socket` (OpenSSL releases the GIL, so little
+  Python runs per handshake); ``--client trio`` runs C trio tasks with
+  :class:`trio.SSLStream`. Either is a fixed, neutral load generator: the
+  library under test is only on the server side. It counts the handshakes
+  completed inside the window and its process CPU in the window;
 * the **probe**, in this (the driving) process: one established
   :class:`trio.SSLStream` connection to the same server doing one 64-byte
   request/response every 10 ms, recording each round trip's latency.
@@ -44,10 +50,12 @@ import json
 import logging
 import math
 import os
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -60,6 +68,12 @@ from bench_common import HOSTNAME, LOCALHOST, PING, PKI, BenchmarkError, Summary
 
 HERE: Final = Path(__file__).resolve()
 MODES: Final = ("inline", "offload")
+#: The load client's kinds; the first is the default (the lighter per handshake: README).
+CLIENTS: Final = ("threads", "trio")
+CLIENT_LABELS: Final = {
+    "threads": "blocking ssl.SSLSocket, one OS thread per client",
+    "trio": "trio.SSLStream, one trio task per client",
+}
 PROBE_INTERVAL: Final = 0.010
 PROBE_SIZE: Final = len(PING)
 #: How long a process may take to start, answer or finish before the run fails.
@@ -98,6 +112,8 @@ METRICS: Final = (
     # Whether the machine was saturated: 2 cores are shared by server, load client and probe.
     Metric("server_cores", "server process CPU", "cores", False),
     Metric("load_cores", "load client CPU", "cores", False),
+    # How heavy the load generator is: its process CPU / the handshakes it completed.
+    Metric("load_cpu_us", "load client CPU/handshake", "us", False),
 )
 
 
@@ -384,11 +400,77 @@ async def _storm(
     return counts
 
 
-def _load(pki_dir: Path, port: int, clients: int) -> None:
+def _close_notify(tls: ssl.SSLSocket) -> None:
+    """Send close_notify without waiting for the server's, as trio.SSLStream.aclose() does."""
+    tls.setblocking(False)
+    # The second SSL_shutdown() inside unwrap() wants the peer's close_notify: WantRead.
+    with contextlib.suppress(OSError):
+        tls.unwrap()
+
+
+def _storm_threads(
+    port: int, context: ssl.SSLContext, clients: int, start: float, end: float
+) -> dict[str, float]:
+    """The storm from ``clients`` OS threads doing blocking connects and handshakes.
+
+    OpenSSL releases the GIL for the handshake and the socket calls, so each
+    handshake costs little Python: the load generator stays light.
+    """
+    per_thread = [{"handshakes": 0, "total": 0, "errors": 0} for _ in range(clients)]
+    failures: list[BaseException] = []
+
+    def one_client(counts: dict[str, int]) -> None:
+        try:
+            while time.monotonic() < end:
+                try:
+                    # The timeout only keeps a stuck handshake from hanging the run.
+                    tcp = socket.create_connection((LOCALHOST, port), timeout=PROCESS_TIMEOUT / 2)
+                    with contextlib.closing(tcp):
+                        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        # Full handshake (verifying the certificate) before wrap_socket returns.
+                        with context.wrap_socket(tcp, server_hostname=HOSTNAME) as tls:
+                            done = time.monotonic()
+                            if tls.session_reused:
+                                raise BenchmarkError("a session was resumed: not a full handshake")
+                            _close_notify(tls)
+                except OSError:
+                    counts["errors"] += 1
+                    continue
+                counts["total"] += 1
+                if start <= done < end:
+                    counts["handshakes"] += 1
+        except BaseException as error:  # re-raised by the main thread
+            failures.append(error)
+
+    threads = [
+        threading.Thread(target=one_client, args=(counts,), daemon=True) for counts in per_thread
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(max(0.0, start - time.monotonic()))
+    before = time.process_time()
+    time.sleep(max(0.0, end - time.monotonic()))
+    cpu_s = time.process_time() - before
+    # In-flight handshakes finish after the window; a stuck one must not hang the run.
+    for thread in threads:
+        thread.join(timeout=max(0.0, end + PROCESS_TIMEOUT / 2 - time.monotonic()))
+    if failures:
+        raise failures[0]
+    if any(thread.is_alive() for thread in threads):
+        raise BenchmarkError("a load client thread did not finish")
+    counts = {key: float(sum(c[key] for c in per_thread)) for key in per_thread[0]}
+    return {**counts, "cpu_s": cpu_s}
+
+
+def _load(pki_dir: Path, port: int, clients: int, kind: str) -> None:
     context = load_client_context(PKI.load(pki_dir))
     print("ready", flush=True)
     start, end = read_window(sys.stdin.readline())
-    print(json.dumps(trio.run(_storm, port, context, clients, start, end)), flush=True)
+    if kind == "threads":
+        counts = _storm_threads(port, context, clients, start, end)
+    else:
+        counts = trio.run(_storm, port, context, clients, start, end)
+    print(json.dumps(counts), flush=True)
 
 
 # --------------------------------------------------------------- the probe
@@ -482,6 +564,7 @@ class Settings:
     window: float
     warmup: float
     rounds: int
+    client: str  # the load client's kind, one of CLIENTS
 
 
 def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[str, Any]:
@@ -490,7 +573,7 @@ def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[
     load: subprocess.Popen[str] | None = None
     try:
         port = int(_read_line(server, "server"))
-        load = _spawn("_load", str(pki_dir), str(port), str(clients))
+        load = _spawn("_load", str(pki_dir), str(port), str(clients), settings.client)
         _read_line(load, "load client")
 
         def start_window() -> tuple[float, float]:
@@ -523,6 +606,7 @@ def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[
         "process_cpu_us": served["process_cpu_s"] / served["handshakes"] * 1e6,
         "server_cores": served["process_cpu_s"] / served["window_s"],
         "load_cores": storm["cpu_s"] / settings.window,
+        "load_cpu_us": storm["cpu_s"] / storm["handshakes"] * 1e6,
     }
     # The 1-minute load average after the window: other work on the machine shows here.
     loadavg = os.getloadavg()[0]
@@ -669,6 +753,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--certs", nargs="+", choices=CERT_IDS, default=list(CERT_IDS), metavar="CERT"
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), metavar="MODE")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=CLIENTS[0],
+        help="the load client: blocking ssl sockets in OS threads, or trio.SSLStream tasks"
+        f" (default {CLIENTS[0]}, the lighter per handshake)",
+    )
     args = parser.parse_args(argv)
     for name in ("rounds", "clients"):
         value = getattr(args, name)
@@ -697,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window if args.window is not None else (0.3 if args.quick else 3.0),
         warmup=args.warmup if args.warmup is not None else (0.1 if args.quick else 0.5),
         rounds=args.rounds or (2 if args.quick else 5),
+        client=args.client,
     )
     clients = args.clients or (8 if args.quick else None)
     modes = [mode for mode in MODES if mode in args.modes]
@@ -707,7 +799,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(cert.id, results[cert.id], modes, settings.rounds))
         print()
     print(
-        f"load client and probe: trio.SSLStream; TLS 1.3 full handshakes; window"
+        f"load client: {CLIENT_LABELS[settings.client]}; probe: trio.SSLStream;"
+        f" TLS 1.3 full handshakes; window"
         f" {settings.window:g} s after {settings.warmup:g} s warm-up; probe every"
         f" {PROBE_INTERVAL * 1e3:g} ms"
     )
@@ -727,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv,
             "quick": args.quick,
             "modes": modes,
-            "load_client": "trio.SSLStream",
+            "load_client": CLIENT_LABELS[settings.client],
             "probe_interval_s": PROBE_INTERVAL,
             "total_seconds": elapsed,
             **asdict(settings),
@@ -742,6 +835,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["_server"]:
         trio.run(_server, Path(sys.argv[2]), sys.argv[3])
     elif sys.argv[1:2] == ["_load"]:
-        _load(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        _load(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         sys.exit(main())

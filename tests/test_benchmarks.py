@@ -244,7 +244,20 @@ def test_profile_breakdown_charges_each_sample_to_one_layer(tmp_path: Path) -> N
     ]
 
 
-def test_handshake_offload_quick_run_reports_every_row(tmp_path: Path) -> None:
+OFFLOAD_LABELS = {"rsa2048": "RSA-2048", "rsa4096": "RSA-4096", "ecdsa": "ECDSA P-256"}
+
+
+@pytest.mark.parametrize(
+    ("client", "certs"),
+    [
+        # The default load client over every certificate; the other over one (the test's time).
+        ("threads", tuple(OFFLOAD_LABELS)),
+        ("trio", ("rsa2048",)),
+    ],
+)
+def test_handshake_offload_quick_run_reports_every_row(
+    tmp_path: Path, client: str, certs: tuple[str, ...]
+) -> None:
     """Issue 14's storm benchmark: every certificate, mode and metric, positive numbers.
 
     The targets' verdicts are measurements: their presence is checked, never their value.
@@ -261,6 +274,10 @@ def test_handshake_offload_quick_run_reports_every_row(tmp_path: Path) -> None:
             "0.05",
             "--clients",
             "4",
+            "--client",
+            client,
+            "--certs",
+            *certs,
             "--json",
             str(output),
         ],
@@ -274,6 +291,7 @@ def test_handshake_offload_quick_run_reports_every_row(tmp_path: Path) -> None:
     assert document["benchmark"] == "handshake-offload"
     assert document["quick"] is True
     assert document["modes"] == ["inline", "offload"]
+    assert document["client"] == client
     rounds = document["rounds"]
     assert rounds == 2
     metrics = {
@@ -284,13 +302,14 @@ def test_handshake_offload_quick_run_reports_every_row(tmp_path: Path) -> None:
         "process_cpu_us": "process CPU/handshake",
         "server_cores": "server process CPU",
         "load_cores": "load client CPU",
+        "load_cpu_us": "load client CPU/handshake",
     }
     targets = {
         "rsa2048": {"handshakes_per_s", "probe_p50_ms", "loop_cpu_us"},
         "rsa4096": {"handshakes_per_s"},
         "ecdsa": {"handshakes_per_s"},
     }
-    labels = {"rsa2048": "RSA-2048", "rsa4096": "RSA-4096", "ecdsa": "ECDSA P-256"}
+    labels = {cert: OFFLOAD_LABELS[cert] for cert in certs}
     assert set(document["certs"]) == set(labels)
     for cert, entry in document["certs"].items():
         assert entry["clients"] == 4
