@@ -108,7 +108,6 @@ class TLSEngine:
         "_outgoing",
         "_pending_write",
         "_renegotiation_possible",
-        "_requested_server_name",
         "_transport_ended",
         "_unread_plaintext",
         "output_bio",
@@ -149,9 +148,11 @@ class TLSEngine:
         self._unread_plaintext = b""
         # TLS 1.2 and lower: the peer may start a renegotiation (rule 7).
         self._renegotiation_possible = False
-        # Server side: reads the SNI name from the client's first bytes.
-        self._client_hello: ClientHelloReader | None = ClientHelloReader() if server_side else None
-        self._requested_server_name: str | None = None
+        # Server side: the reader of the client's first bytes, then the SNI
+        # name it found ("" for none); None on the client side.
+        self._client_hello: ClientHelloReader | str | None = (
+            ClientHelloReader() if server_side else None
+        )
         # Server side: a post-handshake CertificateRequest awaits its answer.
         self._client_certificate_requested = False
 
@@ -184,7 +185,7 @@ class TLSEngine:
         (Or what arrived cannot be read as one; either way the next
         :meth:`do_handshake` is the step that answers it.)
         """
-        return self._client_hello is None and self.ssl_object.server_side
+        return isinstance(self._client_hello, str)
 
     @property
     def requested_server_name(self) -> str | None:
@@ -193,7 +194,8 @@ class TLSEngine:
         As sent (IDNA A-labels such as ``xn--fa-hia.de``); None on the client
         side, before the ClientHello has arrived, or if it carried none.
         """
-        return self._requested_server_name
+        name = self._client_hello
+        return name if isinstance(name, str) and name else None
 
     @property
     def transport_ended(self) -> bool:
@@ -217,11 +219,10 @@ class TLSEngine:
             raise ValueError("receive_data() after receive_eof(): the transport already ended")
         self._incoming.write(data)
         hello = self._client_hello
-        if hello is not None:
+        if isinstance(hello, ClientHelloReader):
             hello.feed(data)
             if hello.done:
-                self._client_hello = None
-                self._requested_server_name = hello.server_name
+                self._client_hello = hello.server_name or ""
 
     def receive_eof(self) -> None:
         """Record that the transport ended (the peer will send nothing more)."""

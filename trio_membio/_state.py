@@ -7,8 +7,9 @@ A stream is described by three things, and nothing else:
 - for each **direction**, sending and receiving, either ``None`` (usable) or a
   :class:`Stop` saying why it can no longer be used (the stream was closed,
   our close_notify is queued, or it broke, with the cause);
-- the **counters** behind ``statistics()`` (:class:`Counters`), which never
-  decide anything.
+- the **counters** behind ``statistics()``, which never decide anything
+  (kept by the :class:`~trio_membio._transport.Transport`, whose I/O they
+  count).
 
 The stops change only in :meth:`Transport.stop
 <trio_membio._transport.Transport.stop>`, whose precedence rules are the
@@ -24,9 +25,7 @@ from typing import NoReturn
 
 import trio
 
-from ._statistics import ConnectionEnd
-
-__all__ = ["Counters", "Lifecycle", "Stop", "StopKind"]
+__all__ = ["Lifecycle", "Stop", "StopKind"]
 
 
 class Lifecycle(enum.Enum):
@@ -39,8 +38,10 @@ class Lifecycle(enum.Enum):
     #: The handshake finished (its final flight is on the wire, or queued
     #: behind another task's send, which sends it first).
     OPEN = "open"
-    #: aclose() or unwrap() ended the stream.
+    #: aclose() ended the stream.
     CLOSED = "closed"
+    #: unwrap() ended the TLS layer and handed the transport back.
+    UNWRAPPED = "unwrapped"
 
 
 class StopKind(enum.IntEnum):
@@ -85,31 +86,3 @@ CLOSED: Stop = Stop(StopKind.CLOSED, "this MemoryBIOStream was closed")
 EOF_SENT: Stop = Stop(
     StopKind.EOF_SENT, "send_eof() or unwrap() was called: this stream can no longer send"
 )
-
-
-class Counters:
-    """Byte counts, handshake times and how the connection ended, for statistics()."""
-
-    __slots__ = (
-        "ciphertext_received",
-        "ciphertext_sent",
-        "ended",
-        "handshake_finished",
-        "handshake_started",
-        "plaintext_received",
-        "plaintext_sent",
-    )
-
-    def __init__(self) -> None:
-        self.plaintext_sent = 0
-        self.plaintext_received = 0
-        self.ciphertext_sent = 0
-        self.ciphertext_received = 0
-        self.handshake_started: float | None = None
-        self.handshake_finished: float | None = None
-        self.ended: ConnectionEnd | None = None
-
-    def end(self, how: ConnectionEnd) -> None:
-        """Record how the connection ended; the first cause seen wins."""
-        if self.ended is None:
-            self.ended = how

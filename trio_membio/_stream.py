@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import operator
 import ssl
-from typing import Final, Generic, Literal, TypeVar, final, overload
+from typing import Final, Generic, Literal, TypeVar, cast, final, overload
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
@@ -69,7 +69,7 @@ from ._operations import (
     send_chunked,
     shut_down_both_ways,
 )
-from ._state import CLOSED, EOF_SENT, Counters, Lifecycle, StopKind
+from ._state import CLOSED, EOF_SENT, Lifecycle, StopKind
 from ._statistics import ConnectionEnd, TLSStatistics
 from ._trace import TraceCallback, TracingEngine, log_trace_event, trace_logger
 from ._transport import ALERT_TIMEOUT, TRUNCATED, Transport
@@ -144,7 +144,6 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         "_lifecycle",
         "_receive_conflict",
         "_send_conflict",
-        "_transport_stream",
     )
 
     def __init__(
@@ -182,11 +181,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                 server_hostname=server_hostname,
                 session=session,
             )
-        counters = Counters()
-        self._transport_stream = transport_stream
         self._engine = engine
-        self._io = Transport(transport_stream, engine, counters)
-        self._info = ConnectionInfo(engine, counters, https_compatible=https_compatible)
+        self._io = Transport(transport_stream, engine)
+        self._info = ConnectionInfo(self._io, https_compatible=https_compatible)
         if offload_handshake:
             if not server_side:
                 raise ValueError(
@@ -198,7 +195,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         if initial_data:
             # Read from the transport before the stream existed (STARTTLS,
             # protocol sniffing): the start of the TLS data, fed first.
-            counters.ciphertext_received += len(initial_data)
+            self._io.ciphertext_received += len(initial_data)
             engine.receive_data(initial_data)
         self._lifecycle = Lifecycle.HANDSHAKE_PENDING
         self._send_conflict = ConflictDetector(
@@ -216,9 +213,12 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         """The stream carrying the ciphertext, as passed to the constructor.
 
         None once :meth:`unwrap` has handed it back, as on
-        :class:`trio.SSLStream`: the TLS stream is done with it.
+        :class:`trio.SSLStream`: the TLS stream is done with it. (The
+        annotation keeps the type users rely on while the stream is in use.)
         """
-        return self._transport_stream
+        if self._lifecycle is Lifecycle.UNWRAPPED:
+            return None  # type: ignore[return-value]  # trio.SSLStream's behaviour
+        return cast("TransportStream", self._io.stream)
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -248,7 +248,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
 
     @context.setter
     def context(self, context: ssl.SSLContext) -> None:
-        if self._io.counters.handshake_started is not None:
+        if self._io.handshake_started is not None:
             raise RuntimeError(
                 "the TLS handshake has started: set context before the first "
                 "do_handshake(), send_all() or receive_some()"
@@ -508,7 +508,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     data = engine.read(max_bytes)
                 except TLSTruncationError as exc:
                     if self._info.https_compatible:
-                        io.counters.end(ConnectionEnd.TRUNCATED)
+                        io.end(ConnectionEnd.TRUNCATED)
                         if not yielded:
                             await cancel_shielded_checkpoint()
                         return b""
@@ -519,11 +519,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     handle_read_output(io, data)
                 if data is not None:
                     if data:
-                        io.counters.plaintext_received += len(data)
+                        io.plaintext_received += len(data)
                         if io.change_event is not None:
                             io.notify_change()  # a writer may wait for room (engine rule 7)
                     else:
-                        io.counters.end(ConnectionEnd.CLOSE_NOTIFY)
+                        io.end(ConnectionEnd.CLOSE_NOTIFY)
                     if not yielded:
                         await cancel_shielded_checkpoint()
                     return data
@@ -589,9 +589,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                         written = engine.write(data) or 0
                     except ssl.SSLError as exc:
                         await io.fail(exc, "TLS error while sending", lane_held=True)
-                    io.counters.plaintext_sent += written
+                    io.plaintext_sent += written
                     if written == len(data):
-                        if io.try_send is None:
+                        if io.fast_path is None:
                             yielded = await io.send_queued_holding_lane()
                         else:
                             # What did not fit waits for room the ordinary way.
@@ -809,7 +809,7 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                             await background.wait()
                     else:
                         await io.send_best_effort(shield=False)
-            elif self._io.counters.ended is ConnectionEnd.ALERT and not io.receiving:
+            elif self._io.ended is ConnectionEnd.ALERT and not io.receiving:
                 await io.linger()
         finally:
             offload = io.handshake_offload
@@ -867,25 +867,22 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                     f"the peer sent {engine.buffered_plaintext} bytes of data {sent}: call "
                     "receive_some() until it returns b'', then unwrap() again"
                 )
+            transport = self.transport_stream
             self._close(ConnectionEnd.UNWRAPPED)
-            transport = self._transport_stream
-            # trio.SSLStream's behaviour; the annotation keeps the type users
-            # rely on while the stream is in use.
-            self._transport_stream = None  # type: ignore[assignment]
             return transport, engine.take_trailing_data()
 
     # ----------------------------------------------------------- transitions
 
     def _enter(self, lifecycle: Lifecycle) -> None:
-        """Move to ``lifecycle``: the only place it changes (CLOSED is final)."""
-        if self._lifecycle is not Lifecycle.CLOSED:
+        """Move to ``lifecycle``: the only place it changes (CLOSED and UNWRAPPED are final)."""
+        if self._lifecycle is not Lifecycle.CLOSED and self._lifecycle is not Lifecycle.UNWRAPPED:
             self._lifecycle = lifecycle
             self._io.notify_change()
 
     def _close(self, how: ConnectionEnd) -> None:
         """aclose() or unwrap(): everything stops with ClosedResourceError."""
-        self._io.counters.end(how)
-        self._enter(Lifecycle.CLOSED)
+        self._io.end(how)
+        self._enter(Lifecycle.UNWRAPPED if how is ConnectionEnd.UNWRAPPED else Lifecycle.CLOSED)
         self._io.stop(CLOSED)
 
     def _check_usable(self) -> None:

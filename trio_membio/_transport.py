@@ -95,7 +95,7 @@ from ._engine import TLSEngine, TLSTruncationError
 from ._errors import describe_tls_error
 from ._offload import HandshakeOffload
 from ._socket_fast_path import SocketFastPath, fast_path_for
-from ._state import Counters, Stop, StopKind
+from ._state import Stop, StopKind
 from ._statistics import ConnectionEnd
 
 if sys.version_info < (3, 11):
@@ -135,34 +135,42 @@ class Transport:
     """One stream's transport, lanes, counters and direction stops (see the module doc)."""
 
     __slots__ = (
-        "_receive_scope",
-        "_waiting_on_socket",
+        "_receive_waiter",
         "background_sending",
         "change_event",
-        "counters",
+        "ciphertext_received",
+        "ciphertext_sent",
+        "ended",
         "engine",
         "fast_path",
+        "handshake_finished",
         "handshake_offload",
         "handshake_output_queued",
+        "handshake_started",
+        "plaintext_received",
+        "plaintext_sent",
         "receive_count",
         "receive_stop",
         "receiving",
         "send_stop",
         "sending",
         "stream",
-        "try_send",
     )
 
-    def __init__(self, stream: trio.abc.Stream, engine: TLSEngine, counters: Counters) -> None:
+    def __init__(self, stream: trio.abc.Stream, engine: TLSEngine) -> None:
         #: The transport stream itself.
         self.stream = stream
         self.engine = engine
-        self.counters = counters
+        # The counters behind statistics(); they never decide anything.
+        self.plaintext_sent = 0
+        self.plaintext_received = 0
+        self.ciphertext_sent = 0
+        self.ciphertext_received = 0
+        self.handshake_started: float | None = None
+        self.handshake_finished: float | None = None
+        self.ended: ConnectionEnd | None = None
         #: The socket fast path (a plain trio.SocketStream on POSIX), else None.
         self.fast_path: SocketFastPath | None = fast_path_for(stream)
-        self.try_send: Callable[[bytes | memoryview], int] | None = (
-            None if self.fast_path is None else self.fast_path.try_send
-        )
         #: Why sending / receiving can no longer be used; None while usable.
         self.send_stop: Stop | None = None
         self.receive_stop: Stop | None = None
@@ -178,10 +186,10 @@ class Transport:
         #: in a worker thread (``_offload.py``); None otherwise.
         self.handshake_offload: HandshakeOffload | None = None
         self.change_event: trio.Event | None = None
-        # The scope of a generic transport receive in progress, and whether
-        # a fast-path receive waits on the socket (stop() wakes either).
-        self._receive_scope: trio.CancelScope | None = None
-        self._waiting_on_socket = False
+        # What a receive in progress waits in, for stop() to wake it: the
+        # cancel scope of a generic transport receive, or the socket a
+        # fast-path receive waits on.
+        self._receive_waiter: trio.CancelScope | trio.socket.SocketType | None = None
         #: While the stream's own task sends owed output (rule 5): set when
         #: it has finished. It holds the send lane meanwhile.
         self.background_sending: trio.Event | None = None
@@ -199,17 +207,22 @@ class Transport:
             self.send_stop = stop
         if receiving and (self.receive_stop is None or self.receive_stop.kind < stop.kind):
             self.receive_stop = stop
-            if self._receive_scope is not None:
-                self._receive_scope.cancel()
-            elif self._waiting_on_socket:
-                assert self.fast_path is not None
-                trio.lowlevel.notify_closing(self.fast_path.socket)
+            waiter = self._receive_waiter
+            if isinstance(waiter, trio.CancelScope):
+                waiter.cancel()
+            elif waiter is not None:
+                trio.lowlevel.notify_closing(waiter)
         self.notify_change()
+
+    def end(self, how: ConnectionEnd) -> None:
+        """Record how the connection ended; the first cause seen wins."""
+        if self.ended is None:
+            self.ended = how
 
     def break_after(self, exc: BaseException | None, message: str, *, whole: bool) -> Stop:
         """Record a transport failure (or a cut-short write) and return its stop."""
         failed = isinstance(exc, Exception)
-        self.counters.end(ConnectionEnd.TRANSPORT_FAILED if failed else ConnectionEnd.CANCELLED)
+        self.end(ConnectionEnd.TRANSPORT_FAILED if failed else ConnectionEnd.CANCELLED)
         stop = Stop(StopKind.BROKEN, message, exc if failed else None)
         self.stop(stop, receiving=whole)
         return stop
@@ -227,7 +240,7 @@ class Transport:
         only if the lane is free: its holder sends everything queued, rule 3).
         """
         message = f"{what}: {describe_tls_error(exc)}"
-        self.counters.end(
+        self.end(
             ConnectionEnd.TRUNCATED if isinstance(exc, TLSTruncationError) else ConnectionEnd.ALERT
         )
         send_stop = self.send_stop
@@ -257,7 +270,7 @@ class Transport:
         except BaseException:
             self._send_cut_short(data)
             raise
-        self.counters.ciphertext_sent += len(data)
+        self.ciphertext_sent += len(data)
         return yielded
 
     def send_now(self) -> bool:
@@ -269,15 +282,16 @@ class Transport:
         """
         engine = self.engine
         output_bio = engine.output_bio
-        try_send = self.try_send
-        assert try_send is not None  # the fast path
+        fast_path = self.fast_path
+        assert fast_path is not None
+        try_send = fast_path.try_send
         while output_bio.pending:
             chunk = engine.data_to_send(SEND_WINDOW)
             try:
                 sent = try_send(chunk)
             except Exception as exc:
                 raise self._send_failed(exc) from exc
-            self.counters.ciphertext_sent += sent
+            self.ciphertext_sent += sent
             if sent < len(chunk):
                 engine.return_unsent(memoryview(chunk)[sent:])
                 return False
@@ -306,7 +320,7 @@ class Transport:
         if fast_path is not None:
             # The socket says how much of the chunk went out; other
             # transports cannot, so that part goes uncounted there.
-            self.counters.ciphertext_sent += len(data) - fast_path.unsent
+            self.ciphertext_sent += len(data) - fast_path.unsent
         if self.closed:
             return
         whole = self.handshake_output_queued
@@ -457,20 +471,17 @@ class Transport:
                     # send the peer waits for failed in another task): the result
                     # of this receive no longer matters, and it might never come.
                     data = None
-                    try:
-                        with trio.CancelScope() as self._receive_scope:
-                            data = await self.stream.receive_some(TRANSPORT_RECEIVE_SIZE)
-                    finally:
-                        self._receive_scope = None
+                    with trio.CancelScope() as scope:
+                        self._receive_waiter = scope
+                        data = await self.stream.receive_some(TRANSPORT_RECEIVE_SIZE)
                     yielded = True
                 else:
                     data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
                     yielded = data is None
                     # Waits only, never a transport call, and stop() wakes
                     # them (notify_closing) once receiving can no longer
-                    # succeed: a flag, not a cancel scope, on every
-                    # receive's path.
-                    self._waiting_on_socket = True
+                    # succeed: no cancel scope on every receive's path.
+                    self._receive_waiter = fast_path.socket
                     while data is None:
                         if self.output_owed():
                             # Rule 5: wait to read or to write, sending what fits.
@@ -486,12 +497,12 @@ class Transport:
                     self.receive_stop.raise_error()  # woken by stop(), or closed under us
                 raise self._receive_failed(exc) from exc
             finally:
-                self._waiting_on_socket = False
+                self._receive_waiter = None
             if data is None:
                 self.raise_closed_or_broken()
             engine = self.engine
             if data:
-                self.counters.ciphertext_received += len(data)
+                self.ciphertext_received += len(data)
                 engine.receive_data(data)
             else:
                 engine.receive_eof()
