@@ -180,7 +180,7 @@ class TLSEngine:
 
     @property
     def client_hello_complete(self) -> bool:
-        """Server side: whether the client's whole ClientHello has arrived.
+        """Whether the client's whole ClientHello has arrived (server side).
 
         (Or what arrived cannot be read as one; either way the next
         :meth:`do_handshake` is the step that answers it.)
