@@ -140,7 +140,7 @@ async def send_chunked(io: Transport, data: bytes | bytearray | memoryview, writ
                 continue
             view = view[consumed:]
             written += consumed
-            io.counters.plaintext_sent += consumed
+            io.plaintext_sent += consumed
             if await io.send_queued_holding_lane():
                 yielded = True
                 sent_since_yield = 0
@@ -185,7 +185,7 @@ async def _checkpoint_between_chunks(io: Transport) -> None:
 async def drive_handshake(io: Transport) -> bool:
     """Run the handshake until it has finished and its final flight is sent."""
     engine = io.engine
-    counters = io.counters
+    counters = io
     yielded = False
     if counters.handshake_started is None:
         counters.handshake_started = trio.current_time()
