@@ -68,7 +68,7 @@ WARM_UP: Final = 3
 #: Then one in this many is measured inline again, to follow changes.
 RESAMPLE: Final = 64
 #: Weight of a new measurement in the running average.
-SMOOTHING: Final = 0.25
+SMOOTHING: Final = 0.1
 
 
 class _StepCost:
