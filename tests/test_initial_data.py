@@ -15,7 +15,7 @@ import socket
 import trio
 import trio.testing
 
-from trio_membio import MemoryBIOStream
+from trio_membio import MemoryBIOListener, MemoryBIOStream
 
 from .helpers import HOSTNAME, client_context, server_context
 
@@ -105,3 +105,27 @@ def test_initial_data_is_counted_as_received_ciphertext() -> None:
     )
     assert stream.statistics().ciphertext_received == 4
     assert stream.has_buffered_input()  # held for the handshake, not read from the transport
+
+
+async def test_a_listener_wraps_a_connection_it_did_not_accept_with_the_bytes_read() -> None:
+    # The listener side: a server with its own TCP accept loop (it peeks
+    # first) wraps each TLS connection with the listener's settings.
+    tcp_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listener = MemoryBIOListener(tcp_listeners[0], server_context(), https_compatible=True)
+    port = tcp_listeners[0].socket.getsockname()[1]
+    async with listener, trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, functools.partial(fetch, port, tls=True))
+        with trio.fail_after(20):
+            transport = await tcp_listeners[0].accept()
+            first = await transport.receive_some()
+            assert first[:1] == bytes([TLS_HANDSHAKE_RECORD])
+            stream = listener.wrap(transport, initial_data=first)
+            assert stream.https_compatible  # the listener's settings
+            request = await stream.receive_some()
+            assert request.startswith(b"GET / HTTP/1.1\r\n")
+            body = b"via the listener"
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), body)
+            )
+            await stream.aclose()

@@ -170,17 +170,38 @@ class MemoryBIOListener(
         """
         transport_stream = await self.transport_listener.accept()
         try:
-            return MemoryBIOStream(
-                transport_stream,
-                self._ssl_context,
-                server_side=True,
-                https_compatible=self._https_compatible,
-                offload_handshake=self._offload_handshake,
-            )
+            return self.wrap(transport_stream)
         except BaseException:
             # A context that cannot serve (a client-side one, say).
             await trio.aclose_forcefully(transport_stream)
             raise
+
+    def wrap(
+        self,
+        transport_stream: TransportStream,
+        *,
+        initial_data: bytes | bytearray | memoryview = b"",
+    ) -> MemoryBIOStream[TransportStream]:
+        """Wrap a connection as :meth:`accept` does, with this listener's settings.
+
+        For a server that accepts and reads the first bytes itself: a
+        ``STARTTLS`` command, or a peek that tells TLS from plaintext on one
+        port. ``initial_data`` is what it read that belongs to TLS (the start
+        of the ClientHello, often); see :class:`MemoryBIOStream`. No
+        handshake yet, as with accept(); :meth:`serve`'s deadline and hook
+        do not apply.
+
+        Raises:
+            ssl.SSLError: the context cannot serve (it is a client-side one).
+        """
+        return MemoryBIOStream(
+            transport_stream,
+            self._ssl_context,
+            server_side=True,
+            https_compatible=self._https_compatible,
+            offload_handshake=self._offload_handshake,
+            initial_data=initial_data,
+        )
 
     async def serve(
         self,
