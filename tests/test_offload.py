@@ -286,3 +286,20 @@ def test_the_pool_stops_its_threads_at_shutdown() -> None:
     assert all(thread.daemon for thread in threads)
     pool.shutdown()
     assert not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are a Linux feature")
+def test_workers_run_at_a_lower_priority_than_the_event_loop() -> None:
+    pool = _offload._WorkerPool()
+    seen: list[int] = []
+    ran = threading.Event()
+
+    def record() -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        ran.set()
+
+    pool.submit(record)
+    assert ran.wait(10)
+    pool.shutdown()
+    loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, loop_priority + _offload.WORKER_NICENESS)]

@@ -30,7 +30,10 @@ measurements behind the choices below, are issue 14's.)
    a few dedicated worker threads (as many as the CPUs, started on first use,
    shared by every stream of the process, stopped at interpreter exit), fed
    by a queue; a finished step wakes its task through the trio token, so
-   steps finishing together cost one loop wake-up.
+   steps finishing together cost one loop wake-up. On Linux the workers run
+   at a lower priority: with as many workers as cores at the loop's own
+   priority, they competed with the loop for the cores and established
+   connections waited longer (docs/performance.md has the measurements).
 
 4. **Never abandoned.** A step cannot be interrupted, and the worker would
    race any cleanup on the same SSLObject, so its task waits for it shielded:
@@ -48,6 +51,7 @@ import atexit
 import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -67,6 +71,10 @@ OFFLOAD_ABOVE: Final = 0.00035
 WARM_UP: Final = 3
 #: Then one in this many is measured inline again, to follow changes.
 RESAMPLE: Final = 64
+#: Worker threads: as many as the cores, at a lower scheduling priority
+#: (WORKER_NICENESS, Linux) so that the event loop gets a core first.
+WORKERS: Final = os.cpu_count() or 2
+WORKER_NICENESS: Final = 10
 #: Weight of a new measurement in the running average.
 SMOOTHING: Final = 0.1
 
@@ -140,7 +148,7 @@ class _WorkerPool:
         with self._lock:
             if self._threads:
                 return
-            for number in range(os.cpu_count() or 2):
+            for number in range(WORKERS):
                 thread = threading.Thread(
                     target=self._work, name=f"trio_membio handshake worker {number}", daemon=True
                 )
@@ -149,6 +157,15 @@ class _WorkerPool:
             atexit.register(self.shutdown)
 
     def _work(self) -> None:
+        if sys.platform == "linux":
+            # On Linux a thread is a task of its own: this lowers only this
+            # thread's priority, so the loop thread is scheduled first.
+            with contextlib.suppress(OSError):
+                os.setpriority(
+                    os.PRIO_PROCESS,
+                    threading.get_native_id(),
+                    os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS,
+                )
         while (job := self._jobs.get()) is not None:
             job()
 
