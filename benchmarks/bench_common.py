@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import ssl
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,15 @@ BAD: Final = b"X"
 
 class BenchmarkError(RuntimeError):
     """A measurement went wrong: corrupt data, a failed resumption, a cipher mismatch."""
+
+
+def reap_process(process: subprocess.Popen[str]) -> None:
+    """Kill a helper process that has not exited, and close its output pipe."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 # --------------------------------------------------------------- certificates

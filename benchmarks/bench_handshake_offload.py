@@ -64,7 +64,16 @@ from typing import Any, Final
 
 import trio
 import trustme
-from bench_common import HOSTNAME, LOCALHOST, PING, PKI, BenchmarkError, Summary, server_context
+from bench_common import (
+    HOSTNAME,
+    LOCALHOST,
+    PING,
+    PKI,
+    BenchmarkError,
+    Summary,
+    reap_process,
+    server_context,
+)
 
 HERE: Final = Path(__file__).resolve()
 MODES: Final = ("inline", "offload")
@@ -552,11 +561,7 @@ def _finish(process: subprocess.Popen[str], what: str) -> None:
         if process.wait(timeout=PROCESS_TIMEOUT) != 0:
             raise BenchmarkError(f"the {what} process failed ({process.returncode})")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        reap_process(process)
 
 
 @dataclass(frozen=True)

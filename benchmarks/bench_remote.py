@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from bench_common import PKI, BenchmarkError, Contexts
+from bench_common import PKI, BenchmarkError, Contexts, reap_process
 from bench_trio import TrioImpl, bulk_receive, serve
 
 #: The implementations that can receive in another process.
@@ -89,11 +89,7 @@ def remote_receiver(name: str, connections: int, pki_dir: Path) -> Iterator[int]
         if process.wait(timeout=60) != 0:
             raise BenchmarkError(f"the {name} receiver process failed ({process.returncode})")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        reap_process(process)
 
 
 if __name__ == "__main__":
