@@ -397,8 +397,11 @@ class Transport:
             return
         was_sending, self.sending = self.sending, True
         try:
-            with trio.CancelScope(shield=shield, deadline=trio.current_time() + ALERT_TIMEOUT):
-                await self.send_queued_holding_lane()
+            # On a socket, what fits goes at once (the usual case: a close_notify
+            # or an alert is small), without a cancel scope.
+            if self.fast_path is None or not self.send_now():
+                with trio.CancelScope(shield=shield, deadline=trio.current_time() + ALERT_TIMEOUT):
+                    await self.send_queued_holding_lane()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # recorded by the funnel; the peer may well be gone
         finally:
@@ -457,7 +460,7 @@ class Transport:
         """
         if self.receiving and await self._wait_for_other_receiver():
             return True
-        if self.fast_path is None:
+        if self.fast_path is None and self.engine.output_bio.pending:
             self.send_owed_in_background()
         self.receiving = True
         try:
@@ -467,13 +470,16 @@ class Transport:
             try:
                 fast_path = self.fast_path
                 if fast_path is None:
-                    # Cancelled by stop() once receiving can no longer succeed (a
-                    # send the peer waits for failed in another task): the result
-                    # of this receive no longer matters, and it might never come.
-                    data = None
-                    with trio.CancelScope() as scope:
-                        self._receive_waiter = scope
+                    if self.background_sending is None and not self.handshake_output_queued:
                         data = await self.stream.receive_some(TRANSPORT_RECEIVE_SIZE)
+                    else:
+                        # A send the peer waits for is under way in another
+                        # task; if it fails, stop() cancels this receive.
+                        # (A scope only then: it costs on every receive.)
+                        data = None
+                        with trio.CancelScope() as scope:
+                            self._receive_waiter = scope
+                            data = await self.stream.receive_some(TRANSPORT_RECEIVE_SIZE)
                     yielded = True
                 else:
                     data = fast_path.try_receive(TRANSPORT_RECEIVE_SIZE)
