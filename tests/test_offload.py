@@ -274,6 +274,46 @@ def test_a_step_that_ends_after_its_run_wakes_nobody(monkeypatch: pytest.MonkeyP
     pool.shutdown()
     assert errors == []
     assert not pool._threads
+    assert not _offload._deliveries._waiting  # nothing kept for the ended run
+
+
+async def test_steps_finishing_before_the_wake_up_share_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each loop wake-up is a socket write and GIL hand-offs: a batch of finished steps gets one."""
+    deliveries = _offload._Deliveries()
+    wake_ups: list[int] = []
+    deliver = deliveries._deliver
+
+    def counting_deliver(token: trio.lowlevel.TrioToken) -> None:
+        wake_ups.append(len(deliveries._waiting[token]))
+        deliver(token)
+
+    monkeypatch.setattr(deliveries, "_deliver", counting_deliver)
+    client_transport, _ = trio.testing.memory_stream_pair()
+    owner = MemoryBIOStream(client_transport, server_context(), server_side=True)
+    steps = [_offload._Step(owner._engine) for _ in range(3)]
+
+    # Finished in a thread, as the workers do, while the loop is busy (blocked here).
+    def finish_all() -> None:
+        for step in steps:
+            deliveries.hand_back(step)
+
+    finisher = threading.Thread(target=finish_all)
+    finisher.start()
+    finisher.join(10)
+    assert not finisher.is_alive()
+    for step in steps:
+        with trio.fail_after(10):
+            await step.done.wait()
+    assert wake_ups == [3]
+    assert not deliveries._waiting
+    # The next finished step is a new batch, with a wake-up of its own.
+    later = _offload._Step(owner._engine)
+    await trio.to_thread.run_sync(deliveries.hand_back, later)
+    with trio.fail_after(10):
+        await later.done.wait()
+    assert wake_ups == [3, 1]
 
 
 def test_the_pool_stops_its_threads_at_shutdown() -> None:

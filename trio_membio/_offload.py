@@ -29,8 +29,9 @@ measurements behind the choices below, are issue 14's.)
    fresh or cached thread and costs more than a cheap step. The library keeps
    a few dedicated worker threads (as many as the CPUs, started on first use,
    shared by every stream of the process, stopped at interpreter exit), fed
-   by a queue; a finished step wakes its task through the trio token, so
-   steps finishing together cost one loop wake-up. On Linux the workers run
+   by a queue; a finished step wakes its task through the trio token, and
+   steps finishing before the loop has taken the wake-up join it (one
+   wake-up, not one per step). On Linux the workers run
    at a lower priority: with as many workers as cores at the loop's own
    priority, they competed with the loop for the cores and established
    connections waited longer (docs/performance.md has the measurements).
@@ -126,9 +127,46 @@ class _Step:
         except BaseException as exc:  # handed to the waiting task, raised there
             self.error = exc
         self.cost = time.thread_time() - started
-        # RunFinishedError: the run ended meanwhile, and nobody waits any more.
-        with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(self.done.set)
+        _deliveries.hand_back(self)
+
+
+class _Deliveries:
+    """Finished steps handed back to their trio runs: one wake-up per batch.
+
+    A worker that finishes a step while an earlier finished step of the same
+    run still waits for the loop adds it to that batch instead of waking the
+    loop again: each wake-up is a socket write and a round of GIL hand-offs
+    between the worker and the loop, which the loop pays for under load.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[trio.lowlevel.TrioToken, list[_Step]] = {}
+
+    def hand_back(self, step: _Step) -> None:
+        """In a worker thread: ``step`` has finished."""
+        token = step.token
+        with self._lock:
+            batch = self._waiting.get(token)
+            if batch is not None:
+                batch.append(step)  # a wake-up is on its way
+                return
+            self._waiting[token] = [step]
+        try:
+            token.run_sync_soon(self._deliver, token)
+        except trio.RunFinishedError:  # the run ended meanwhile: nobody waits any more
+            with self._lock:
+                self._waiting.pop(token, None)
+
+    def _deliver(self, token: trio.lowlevel.TrioToken) -> None:
+        """In the trio thread: wake the tasks of every step finished since the wake-up."""
+        with self._lock:
+            batch = self._waiting.pop(token, [])
+        for step in batch:
+            step.done.set()
+
+
+_deliveries = _Deliveries()
 
 
 class _WorkerPool:
