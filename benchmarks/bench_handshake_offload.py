@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_handshake_offload.py [--quick] [--json PATH] [--rounds N]
         [--window S] [--warmup S] [--clients N] [--certs CERT ...] [--modes MODE ...]
-        [--client {threads,trio}]
+        [--client {threads,trio,c}]
 
 Three processes per measurement, all on 127.0.0.1:
 
@@ -19,9 +19,12 @@ Three processes per measurement, all on 127.0.0.1:
   doing blocking :func:`socket.create_connection` and
   :meth:`ssl.SSLContext.wrap_socket` (OpenSSL releases the GIL, so little
   Python runs per handshake); ``--client trio`` runs C trio tasks with
-  :class:`trio.SSLStream`. Either is a fixed, neutral load generator: the
-  library under test is only on the server side. It counts the handshakes
-  completed inside the window and its process CPU in the window;
+  :class:`trio.SSLStream`; ``--client c`` runs ``storm_client.c`` (compiled
+  with the system's ``cc`` against its OpenSSL): one epoll thread with C
+  connections in flight, no Python at all. Each is a fixed, neutral load
+  generator: the library under test is only on the server side. It counts
+  the handshakes completed inside the window and its process CPU in the
+  window;
 * the **probe**, in this (the driving) process: one established
   :class:`trio.SSLStream` connection to the same server doing one 64-byte
   request/response every 10 ms, recording each round trip's latency.
@@ -36,14 +39,18 @@ handshakes it completed in between.
 Modes alternate within a round (the order flips from round to round), every
 certificate in every round; numbers are medians over the rounds with the
 min-max, and ratios are offload / inline *of the same round*, summarised the
-same way. ``--quick`` is a smoke run (tiny window, 8 clients, 2 rounds): its
-numbers mean nothing.
+same way. The *CPU ceiling* of a mode is the rate at which its measured CPU
+per handshake (server process + load client) would keep every core of the
+machine busy; the handshakes/s ratio cannot exceed offload's ceiling divided
+by inline's measured rate, printed under each table. ``--quick`` is a smoke
+run (tiny window, 8 clients, 2 rounds): its numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -78,11 +85,14 @@ from bench_common import (
 HERE: Final = Path(__file__).resolve()
 MODES: Final = ("inline", "offload")
 #: The load client's kinds; the first is the default (the lighter per handshake: README).
-CLIENTS: Final = ("threads", "trio")
+CLIENTS: Final = ("threads", "trio", "c")
 CLIENT_LABELS: Final = {
     "threads": "blocking ssl.SSLSocket, one OS thread per client",
     "trio": "trio.SSLStream, one trio task per client",
+    "c": "storm_client.c, one epoll thread (OpenSSL's client, no Python)",
 }
+#: The C load client's source, compiled for ``--client c`` (needs a C compiler and libssl headers).
+C_CLIENT_SOURCE: Final = HERE.parent / "storm_client.c"
 PROBE_INTERVAL: Final = 0.010
 PROBE_SIZE: Final = len(PING)
 #: How long a process may take to start, answer or finish before the run fails.
@@ -123,7 +133,11 @@ METRICS: Final = (
     Metric("load_cores", "load client CPU", "cores", False),
     # How heavy the load generator is: its process CPU / the handshakes it completed.
     Metric("load_cpu_us", "load client CPU/handshake", "us", False),
+    # The most handshakes/s the machine's cores allow at this mode's measured CPU per handshake
+    # (server process + load client), were every core busy with nothing else (see README).
+    Metric("ceiling_per_s", "CPU ceiling", "1/s", True),
 )
+CORES: Final = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -570,6 +584,7 @@ class Settings:
     warmup: float
     rounds: int
     client: str  # the load client's kind, one of CLIENTS
+    c_client: Path | None = None  # the compiled storm_client.c, for client "c"
 
 
 def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[str, Any]:
@@ -578,7 +593,17 @@ def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[
     load: subprocess.Popen[str] | None = None
     try:
         port = int(_read_line(server, "server"))
-        load = _spawn("_load", str(pki_dir), str(port), str(clients), settings.client)
+        if settings.client == "c":
+            assert settings.c_client is not None
+            ca_pem = str(PKI.load(pki_dir).ca_pem)
+            load = subprocess.Popen(
+                [str(settings.c_client), LOCALHOST, str(port), str(clients), ca_pem, HOSTNAME],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        else:
+            load = _spawn("_load", str(pki_dir), str(port), str(clients), settings.client)
         _read_line(load, "load client")
 
         def start_window() -> tuple[float, float]:
@@ -613,6 +638,7 @@ def measure(pki_dir: Path, mode: str, clients: int, settings: Settings) -> dict[
         "load_cores": storm["cpu_s"] / settings.window,
         "load_cpu_us": storm["cpu_s"] / storm["handshakes"] * 1e6,
     }
+    metrics["ceiling_per_s"] = CORES * 1e6 / (metrics["process_cpu_us"] + metrics["load_cpu_us"])
     # The 1-minute load average after the window: other work on the machine shows here.
     loadavg = os.getloadavg()[0]
     return {"metrics": metrics, "server": served, "load": storm, "probe": probe, "loadavg": loadavg}
@@ -625,6 +651,23 @@ def summary_json(values: Sequence[float]) -> dict[str, Any]:
     return {"rounds": list(values), **asdict(Summary.of(values))}
 
 
+def compile_c_client(directory: Path) -> Path:
+    """storm_client.c, built with the system's C compiler against its OpenSSL."""
+    binary = directory / "storm_client"
+    compiler = os.environ.get("CC", "cc")
+    command = [compiler, "-O2", "-o", str(binary), str(C_CLIENT_SOURCE), "-lssl", "-lcrypto"]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError as error:
+        raise BenchmarkError(f"--client c needs a C compiler ({compiler}): {error}") from None
+    except subprocess.CalledProcessError as error:
+        raise BenchmarkError(
+            f"--client c: compiling {C_CLIENT_SOURCE.name} failed (are the OpenSSL headers,"
+            f" e.g. libssl-dev, installed?):\n{error.stderr}"
+        ) from None
+    return binary
+
+
 def run(
     certs: Sequence[Cert], modes: Sequence[str], settings: Settings, clients: int | None
 ) -> dict[str, Any]:
@@ -633,6 +676,8 @@ def run(
         for cert in certs
     }
     with tempfile.TemporaryDirectory(prefix="trio-membio-offload-") as directory:
+        if settings.client == "c":
+            settings = dataclasses.replace(settings, c_client=compile_c_client(Path(directory)))
         pki_dirs = {}
         for cert in certs:
             log(f"certificate {cert.label}...")
@@ -728,6 +773,16 @@ def table(cert: str, entry: dict[str, Any], modes: Sequence[str], rounds: int) -
             for row in rows
         ),
     ]
+    if both:
+        # What the handshakes/s ratio could be at best: offload at its CPU ceiling, per round.
+        best = [
+            r["offload"]["metrics"]["ceiling_per_s"] / r["inline"]["metrics"]["handshakes_per_s"]
+            for r in entry["rounds"]
+        ]
+        lines.append(
+            f"offload's CPU ceiling / inline's handshakes/s: {_ratio(summary_json(best))}"
+            f" (the handshakes/s ratio cannot exceed it on these {CORES} cores)"
+        )
     if errors or failures:
         lines.append(f"(all rounds: {errors} load client errors, {failures} failed handshakes)")
     return "\n".join(lines)
@@ -828,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_client": CLIENT_LABELS[settings.client],
             "probe_interval_s": PROBE_INTERVAL,
             "total_seconds": elapsed,
-            **asdict(settings),
+            **{key: value for key, value in asdict(settings).items() if key != "c_client"},
             "certs": results,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")

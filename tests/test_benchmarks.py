@@ -253,6 +253,7 @@ OFFLOAD_LABELS = {"rsa2048": "RSA-2048", "rsa4096": "RSA-4096", "ecdsa": "ECDSA 
         # The default load client over every certificate; the other over one (the test's time).
         ("threads", tuple(OFFLOAD_LABELS)),
         ("trio", ("rsa2048",)),
+        ("c", ("rsa2048",)),  # compiled from benchmarks/storm_client.c (.ci/run installs cc)
     ],
 )
 def test_handshake_offload_quick_run_reports_every_row(
@@ -303,6 +304,7 @@ def test_handshake_offload_quick_run_reports_every_row(
         "server_cores": "server process CPU",
         "load_cores": "load client CPU",
         "load_cpu_us": "load client CPU/handshake",
+        "ceiling_per_s": "CPU ceiling",
     }
     targets = {
         "rsa2048": {"handshakes_per_s", "probe_p50_ms", "loop_cpu_us"},
@@ -330,3 +332,4 @@ def test_handshake_offload_quick_run_reports_every_row(
         table = completed.stdout.split(f"{labels[cert]}, 4 clients", 1)[1].split("\n\n", 1)[0]
         for title in metrics.values():
             assert f"\n{title} (" in table, (cert, title)
+        assert "\noffload's CPU ceiling / inline's handshakes/s: " in table
