@@ -16,12 +16,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import assert_checkpoints
 
-from trio_membio import MemoryBIOStream
+from trio_membio import ConnectionEnd, MemoryBIOStream
 from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
 from trio_membio._state import Stop, StopKind
 from trio_membio._transport import TRANSPORT_RECEIVE_SIZE
 
-from .helpers import HOSTNAME, client_context, handshake_both, server_context
+from .helpers import (
+    HOSTNAME,
+    client_context,
+    handshake_both,
+    server_context,
+    untrusting_client_context,
+)
 from .transports import ResettingStream
 
 SocketTLS = MemoryBIOStream[trio.SocketStream]
@@ -706,3 +712,40 @@ async def test_peer_still_writing_reads_our_fatal_alert_not_a_reset(
 
 async def _no_linger(self: object) -> None:
     return None
+
+
+async def test_aclose_after_the_peers_fatal_alert_does_not_linger(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Lingering protects *our* alert from a reset. When the handshake failed
+    # on the peer's alert there is none: aclose() closes at once, even though
+    # the peer keeps its end open (lingering would wait out ALERT_TIMEOUT).
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        port = listeners[0].socket.getsockname()[1]
+        client_socket = await trio.open_tcp_stream("127.0.0.1", port)
+        server_socket = await listeners[0].accept()
+    client = MemoryBIOStream(client_socket, untrusting_client_context(), server_hostname=HOSTNAME)
+    server = MemoryBIOStream(server_socket, server_context(), server_side=True)
+    server_failure: list[trio.BrokenResourceError] = []
+
+    async def serve() -> None:
+        with pytest.raises(trio.BrokenResourceError) as caught:
+            await server.do_handshake()
+        server_failure.append(caught.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        with pytest.raises(trio.BrokenResourceError, match="certificate verify failed"):
+            await client.do_handshake()
+    [error] = server_failure
+    assert "alert" in str(error).lower(), repr(error)  # the client's alert, received
+    assert server.statistics().ended is ConnectionEnd.ALERT
+    started = trio.current_time()
+    await server.aclose()
+    assert trio.current_time() - started < 0.5
+    # The side that sent the alert still lingers: the server has closed, so
+    # the drain sees EOF at once.
+    started = trio.current_time()
+    await client.aclose()
+    assert trio.current_time() - started < 0.5

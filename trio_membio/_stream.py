@@ -809,7 +809,9 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
                             await background.wait()
                     else:
                         await io.send_best_effort(shield=False)
-            elif self._io.ended is ConnectionEnd.ALERT and not io.receiving:
+            elif io.ended is ConnectionEnd.ALERT and io.fatal_alert_queued and not io.receiving:
+                # Our alert must not be lost to a reset; a peer that sent
+                # the alert has nothing of ours to read (rule 6).
                 await io.linger()
         finally:
             offload = io.handshake_offload

@@ -143,6 +143,7 @@ class Transport:
         "ended",
         "engine",
         "fast_path",
+        "fatal_alert_queued",
         "handshake_finished",
         "handshake_offload",
         "handshake_output_queued",
@@ -169,6 +170,9 @@ class Transport:
         self.handshake_started: float | None = None
         self.handshake_finished: float | None = None
         self.ended: ConnectionEnd | None = None
+        #: fail() found output queued (our fatal alert): aclose() lingers so
+        #: that the peer reads it. A failure on the peer's alert queues none.
+        self.fatal_alert_queued = False
         #: The socket fast path (a plain trio.SocketStream on POSIX), else None.
         self.fast_path: SocketFastPath | None = fast_path_for(stream)
         #: Why sending / receiving can no longer be used; None while usable.
@@ -245,6 +249,7 @@ class Transport:
         )
         send_stop = self.send_stop
         can_send = send_stop is None or send_stop.kind is StopKind.EOF_SENT
+        self.fatal_alert_queued = bool(self.engine.bytes_to_send)
         self.stop(Stop(StopKind.BROKEN, message, exc))
         if can_send and (lane_held or not self.sending):
             # The alert tells the peer why, instead of leaving it hanging.
@@ -409,7 +414,7 @@ class Transport:
                 self.release_send_lane()
 
     async def linger(self) -> None:
-        """After a fatal alert, on TCP: half-close, then drain input (bounded, rule 6).
+        """After our fatal alert, on TCP: half-close, then drain input (bounded, rule 6).
 
         Closing a TCP socket with unread input makes the kernel send a reset,
         and a peer that is still writing to us may then lose our alert before
