@@ -305,6 +305,14 @@ def offload_available() -> bool:
     return "offload_handshake" in inspect.signature(serve_tls_over_tcp).parameters
 
 
+def offloaded_steps(context: ssl.SSLContext) -> int:
+    """How many of ``context``'s handshake steps the offload policy has sent to the pool."""
+    from trio_membio import _offload  # the library's own bookkeeping: a benchmark may read it
+
+    cost = _offload._costs.get(context)
+    return 0 if cost is None else cost.offloaded
+
+
 async def _echo(stream: trio.abc.Stream) -> None:
     try:
         while data := await stream.receive_some(65536):
@@ -348,9 +356,11 @@ async def _server(pki_dir: Path, mode: str) -> None:
         print(listeners[0].transport_listener.socket.getsockname()[1], flush=True)
         start, end = read_window(await lines.readline())
         await trio.sleep_until(trio_deadline(start))
+        offloaded_before = offloaded_steps(context)
         before = (handshakes, failures, time.thread_time(), time.process_time(), time.monotonic())
         await trio.sleep_until(trio_deadline(end))
         after = (handshakes, failures, time.thread_time(), time.process_time(), time.monotonic())
+        offloaded_after = offloaded_steps(context)
         result = {
             "handshakes": after[0] - before[0],
             "failures": after[1] - before[1],
@@ -358,6 +368,8 @@ async def _server(pki_dir: Path, mode: str) -> None:
             "process_cpu_s": after[3] - before[3],
             "window_s": after[4] - before[4],
             "start_lag_s": before[4] - start,
+            # Steps the policy sent to the worker threads (not the ones it kept inline).
+            "offloaded_steps": offloaded_after - offloaded_before,
         }
         print(json.dumps(result), flush=True)
         await lines.readline()  # end of stdin: the driver is done with us
@@ -773,6 +785,16 @@ def table(cert: str, entry: dict[str, Any], modes: Sequence[str], rounds: int) -
             for row in rows
         ),
     ]
+    if "offload" in modes:
+        shares = [
+            r["offload"]["server"]["offloaded_steps"] / r["offload"]["server"]["handshakes"]
+            for r in entry["rounds"]
+        ]
+        share = Summary.of(shares)
+        lines.append(
+            f"offload mode: steps run in the worker threads per handshake {share.median:.2f}"
+            f" ({share.min:.2f}-{share.max:.2f}); the policy keeps the others inline"
+        )
     if both:
         # What the handshakes/s ratio could be at best: offload at its CPU ceiling, per round.
         best = [

@@ -320,6 +320,8 @@ def test_handshake_offload_quick_run_reports_every_row(
             for mode in ("inline", "offload"):
                 assert measured[mode]["probe"]["version"] == "TLSv1.3"
                 assert measured[mode]["server"]["handshakes"] > 0
+            assert measured["inline"]["server"]["offloaded_steps"] == 0
+            assert measured["offload"]["server"]["offloaded_steps"] >= 0
         assert set(entry["metrics"]) == set(metrics)
         for item in entry["metrics"].values():
             for key in ("inline", "offload", "ratio"):
@@ -333,3 +335,4 @@ def test_handshake_offload_quick_run_reports_every_row(
         for title in metrics.values():
             assert f"\n{title} (" in table, (cert, title)
         assert "\noffload's CPU ceiling / inline's handshakes/s: " in table
+        assert "\noffload mode: steps run in the worker threads per handshake " in table

@@ -83,12 +83,13 @@ SMOOTHING: Final = 0.1
 class _StepCost:
     """The running average cost of one context's expensive step."""
 
-    __slots__ = ("average", "decisions", "steps")
+    __slots__ = ("average", "decisions", "offloaded", "steps")
 
     def __init__(self) -> None:
         self.average = 0.0
         self.steps = 0  # measured
         self.decisions = 0
+        self.offloaded = 0  # steps sent to the pool (the benchmark reports it)
 
     def add(self, seconds: float) -> None:
         self.average = (
@@ -100,7 +101,10 @@ class _StepCost:
         self.decisions += 1
         if self.steps < WARM_UP or self.decisions % RESAMPLE == 0:
             return False  # measure inline
-        return self.average > OFFLOAD_ABOVE
+        if self.average > OFFLOAD_ABOVE:
+            self.offloaded += 1
+            return True
+        return False
 
 
 _costs: weakref.WeakKeyDictionary[object, _StepCost] = weakref.WeakKeyDictionary()
