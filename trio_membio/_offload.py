@@ -20,8 +20,9 @@ measurements behind the choices below, are issue 14's.)
 2. **Only when it is expensive.** The cost of that step depends on the
    certificate's key, so it is measured per :class:`ssl.SSLContext` (CPU time
    of the step's own thread): the first steps of a context run inline to
-   measure, one in every ``RESAMPLE`` later ones too, and a step is offloaded
-   while the running average exceeds ``OFFLOAD_ABOVE`` seconds. Tracing
+   measure (their median seeds a running average that every later step
+   updates), one in every ``RESAMPLE`` later ones too, and a step is
+   offloaded while the running average exceeds ``OFFLOAD_ABOVE`` seconds. Tracing
    (a ``trace=`` callback) keeps every step inline: the callback would
    otherwise run in a worker thread.
 
@@ -83,18 +84,26 @@ SMOOTHING: Final = 0.1
 class _StepCost:
     """The running average cost of one context's expensive step."""
 
-    __slots__ = ("average", "decisions", "offloaded", "steps")
+    __slots__ = ("_warm_up", "average", "decisions", "offloaded", "steps")
 
     def __init__(self) -> None:
         self.average = 0.0
         self.steps = 0  # measured
         self.decisions = 0
         self.offloaded = 0  # steps sent to the pool (the benchmark reports it)
+        self._warm_up: list[float] = []
 
     def add(self, seconds: float) -> None:
-        self.average = (
-            seconds if self.steps == 0 else (self.average + SMOOTHING * (seconds - self.average))
-        )
+        if self.steps < WARM_UP or self.steps == 0:
+            # The median of the first steps: a context's first step costs up to
+            # twice the next ones (cold caches, the key's lazy set-up), and as
+            # the seed of the running average it would offload an ECDSA
+            # context's steps for the next twenty or so.
+            self._warm_up.append(seconds)
+            self.average = sorted(self._warm_up)[len(self._warm_up) // 2]
+        else:
+            self._warm_up.clear()
+            self.average += SMOOTHING * (seconds - self.average)
         self.steps += 1
 
     def offload_next(self) -> bool:
