@@ -332,10 +332,12 @@ async def test_client_renegotiates_against_our_echo_server(env: Env, paths: Path
                 await run.stream.send_all(data)
     renegotiations = TOTAL // RENEGOTIATE_AT - 1
     assert run.assert_renegotiated().total_renegotiations == renegotiations
-    # Every ClientHello is answered by ServerHello..ServerHelloDone. The echo
-    # had to wait in 2 to 7 of the 7 renegotiations (20 runs observed).
+    # Every ClientHello is answered by ServerHello..ServerHelloDone.
     assert paths.receive_must_send >= renegotiations
-    assert paths.send_must_receive >= 1
+    # Whether the echo also met a renegotiation depends on thread scheduling:
+    # under CPU load the receive task finished every handshake first in 2 of
+    # 60 runs (send_must_receive 0; else up to 14).
+    # test_send_must_receive_past_application_data pins down the send side.
 
 
 async def test_server_renegotiates_while_we_only_receive(env: Env, paths: Paths) -> None:
