@@ -19,9 +19,10 @@ from trio.testing import assert_checkpoints
 from trio_membio import ConnectionEnd, MemoryBIOStream
 from trio_membio._socket_fast_path import SocketFastPath, fast_path_for
 from trio_membio._state import Stop, StopKind
-from trio_membio._transport import TRANSPORT_RECEIVE_SIZE
+from trio_membio._transport import ALERT_TIMEOUT, TRANSPORT_RECEIVE_SIZE
 
 from .helpers import (
+    FORGED_RECORD,
     HOSTNAME,
     client_context,
     handshake_both,
@@ -714,6 +715,39 @@ async def _no_linger(self: object) -> None:
     return None
 
 
+async def test_our_alert_sent_by_a_blocked_sender_still_makes_aclose_linger(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The receiving task fails on a forged record while another task's large
+    # send_all() holds the send lane: the alert waits in the queue, that
+    # sender takes it out with its data, and its next write fails again.
+    # The second failure must not make aclose() forget that the alert was
+    # ours: closing with the peer's data unread would reset the connection.
+    client, server = await tcp_pair()
+    await handshake_both(client, server)
+    peer = server.transport_stream
+    sender_failed = trio.Event()
+
+    async def send_big() -> None:
+        with pytest.raises(trio.BrokenResourceError):
+            await client.send_all(bytes(4 << 20))  # more than the socket buffers hold
+        sender_failed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_big)
+        await trio.testing.wait_all_tasks_blocked()  # the sender waits for the peer to read
+        await peer.send_all(FORGED_RECORD + bytes(65536))  # the peer keeps writing
+        with pytest.raises(trio.BrokenResourceError, match=r"(?i)bad record mac"):
+            await client.receive_some()
+        while not sender_failed.is_set():  # the peer reads; the sender moves on and fails
+            await peer.receive_some(1 << 20)
+    assert client._io.fatal_alert_queued
+    started = trio.current_time()
+    await client.aclose()  # lingers: the peer neither closes nor reads any more
+    assert trio.current_time() - started >= ALERT_TIMEOUT
+    await peer.aclose()
+
+
 async def test_aclose_after_the_peers_fatal_alert_does_not_linger(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -744,8 +778,10 @@ async def test_aclose_after_the_peers_fatal_alert_does_not_linger(
     started = trio.current_time()
     await server.aclose()
     assert trio.current_time() - started < 0.5
-    # The side that sent the alert still lingers: the server has closed, so
-    # the drain sees EOF at once.
+    # The side that sent the alert still lingers, but the server has
+    # closed, so the drain sees EOF at once.
+    assert client._io.fatal_alert_queued
+    assert not server._io.fatal_alert_queued
     started = trio.current_time()
     await client.aclose()
     assert trio.current_time() - started < 0.5

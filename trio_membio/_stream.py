@@ -41,9 +41,9 @@ transport's rules, this module's are:
 4. **aclose() waits for nobody.** It marks the stream closed, wakes every
    parked task (they raise ClosedResourceError), sends close_notify only if
    the send lane is free (bounded), and closes the transport, which wakes any
-   task blocked inside it. After a fatal alert on a TCP transport it first
-   half-closes and drains input for a bounded time, so the peer reads the
-   alert instead of a connection reset.
+   task blocked inside it. After our own fatal alert on a TCP transport it
+   first half-closes and drains input for a bounded time, so the peer reads
+   the alert instead of a connection reset.
 """
 
 from __future__ import annotations
@@ -768,10 +768,11 @@ class MemoryBIOStream(trio.abc.HalfCloseableStream, Generic[TransportStream]):
         handshake has finished, sends close_notify once (waiting at most a
         second for the transport to take it; never waiting for the peer's
         reply), then closes the transport.
-        Otherwise closes the transport at once. After a fatal TLS alert on a
-        TCP transport, half-closes it and reads (discarding) for at most a
-        second first, so that the peer reads the alert instead of a
-        connection reset. Tasks blocked in this stream's methods wake up with
+        Otherwise closes the transport at once. After a fatal TLS alert of
+        ours on a TCP transport, half-closes it and reads (discarding) for at
+        most a second first, so that the peer reads the alert instead of a
+        connection reset (not after the peer's alert: nothing of ours
+        waits). Tasks blocked in this stream's methods wake up with
         ClosedResourceError. Calling aclose() again does nothing. With
         ``https_compatible=True`` no close_notify is sent. For a two-way TLS
         shutdown, use :meth:`unwrap`.

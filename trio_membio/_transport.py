@@ -170,8 +170,9 @@ class Transport:
         self.handshake_started: float | None = None
         self.handshake_finished: float | None = None
         self.ended: ConnectionEnd | None = None
-        #: fail() found output queued (our fatal alert): aclose() lingers so
-        #: that the peer reads it. A failure on the peer's alert queues none.
+        #: The first fail() found output queued (our fatal alert) and sending
+        #: usable: aclose() lingers so that the peer reads it. A failure on
+        #: the peer's alert queues none.
         self.fatal_alert_queued = False
         #: The socket fast path (a plain trio.SocketStream on POSIX), else None.
         self.fast_path: SocketFastPath | None = fast_path_for(stream)
@@ -249,7 +250,10 @@ class Transport:
         )
         send_stop = self.send_stop
         can_send = send_stop is None or send_stop.kind is StopKind.EOF_SENT
-        self.fatal_alert_queued = bool(self.engine.bytes_to_send)
+        if can_send:
+            # Only the first failure decides: a later one (the engine raises
+            # its failure again) finds the alert gone out with a sender's data.
+            self.fatal_alert_queued = bool(self.engine.bytes_to_send)
         self.stop(Stop(StopKind.BROKEN, message, exc))
         if can_send and (lane_held or not self.sending):
             # The alert tells the peer why, instead of leaving it hanging.
