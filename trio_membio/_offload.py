@@ -100,7 +100,9 @@ class _StepCost:
             # the seed of the running average it would offload an ECDSA
             # context's steps for the next twenty or so.
             self._warm_up.append(seconds)
-            self.average = sorted(self._warm_up)[len(self._warm_up) // 2]
+            # One sorted copy: runs in other threads may share the context.
+            samples = sorted(self._warm_up)
+            self.average = samples[len(samples) // 2]
         else:
             self._warm_up.clear()
             self.average += SMOOTHING * (seconds - self.average)
