@@ -57,6 +57,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import socket
 import ssl
 import subprocess
@@ -137,7 +138,10 @@ METRICS: Final = (
     # (server process + load client), were every core busy with nothing else (see README).
     Metric("ceiling_per_s", "CPU ceiling", "1/s", True),
 )
-CORES: Final = os.cpu_count() or 1
+#: The cores this process may run on (its affinity, not the machine's count).
+CORES: Final = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 
 
 @dataclass(frozen=True)
@@ -667,7 +671,10 @@ def compile_c_client(directory: Path) -> Path:
     """storm_client.c, built with the system's C compiler against its OpenSSL."""
     binary = directory / "storm_client"
     compiler = os.environ.get("CC", "cc")
-    command = [compiler, "-O2", "-o", str(binary), str(C_CLIENT_SOURCE), "-lssl", "-lcrypto"]
+    command = [
+        *shlex.split(compiler),
+        *("-O2", "-o", str(binary), str(C_CLIENT_SOURCE), "-lssl", "-lcrypto"),
+    ]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except FileNotFoundError as error:

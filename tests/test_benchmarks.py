@@ -253,7 +253,12 @@ OFFLOAD_LABELS = {"rsa2048": "RSA-2048", "rsa4096": "RSA-4096", "ecdsa": "ECDSA 
         # The default load client over every certificate; the other over one (the test's time).
         ("threads", tuple(OFFLOAD_LABELS)),
         ("trio", ("rsa2048",)),
-        ("c", ("rsa2048",)),  # compiled from benchmarks/storm_client.c (.ci/run installs cc)
+        # Compiled from benchmarks/storm_client.c (.ci/run installs cc); epoll: Linux only.
+        pytest.param(
+            "c",
+            ("rsa2048",),
+            marks=pytest.mark.skipif(sys.platform != "linux", reason="storm_client.c uses epoll"),
+        ),
     ],
 )
 def test_handshake_offload_quick_run_reports_every_row(
@@ -321,7 +326,8 @@ def test_handshake_offload_quick_run_reports_every_row(
                 assert measured[mode]["probe"]["version"] == "TLSv1.3"
                 assert measured[mode]["server"]["handshakes"] > 0
             assert measured["inline"]["server"]["offloaded_steps"] == 0
-            assert measured["offload"]["server"]["offloaded_steps"] >= 0
+            if cert == "rsa4096":  # about 4 ms a step: well above the policy's threshold
+                assert measured["offload"]["server"]["offloaded_steps"] > 0
         assert set(entry["metrics"]) == set(metrics)
         for item in entry["metrics"].values():
             for key in ("inline", "offload", "ratio"):
