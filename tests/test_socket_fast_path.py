@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -654,14 +655,18 @@ async def test_generic_send_and_receive_failing_together_report_the_stream_failu
     await server.aclose()
 
 
-async def tcp_pair() -> tuple[SocketTLS, SocketTLS]:
+async def tcp_pair(
+    client_ssl_context: ssl.SSLContext | None = None,
+) -> tuple[SocketTLS, SocketTLS]:
     """A client and server over a real loopback TCP connection (no handshake yet)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     async with listeners[0]:
         port = listeners[0].socket.getsockname()[1]
         client_socket = await trio.open_tcp_stream("127.0.0.1", port)
         server_socket = await listeners[0].accept()
-    client = MemoryBIOStream(client_socket, client_context(), server_hostname=HOSTNAME)
+    client = MemoryBIOStream(
+        client_socket, client_ssl_context or client_context(), server_hostname=HOSTNAME
+    )
     server = MemoryBIOStream(server_socket, server_context(), server_side=True)
     return client, server
 
@@ -754,13 +759,7 @@ async def test_aclose_after_the_peers_fatal_alert_does_not_linger(
     # Lingering protects *our* alert from a reset. When the handshake failed
     # on the peer's alert there is none: aclose() closes at once, even though
     # the peer keeps its end open (lingering would wait out ALERT_TIMEOUT).
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with listeners[0]:
-        port = listeners[0].socket.getsockname()[1]
-        client_socket = await trio.open_tcp_stream("127.0.0.1", port)
-        server_socket = await listeners[0].accept()
-    client = MemoryBIOStream(client_socket, untrusting_client_context(), server_hostname=HOSTNAME)
-    server = MemoryBIOStream(server_socket, server_context(), server_side=True)
+    client, server = await tcp_pair(untrusting_client_context())
     server_failure: list[trio.BrokenResourceError] = []
 
     async def serve() -> None:
